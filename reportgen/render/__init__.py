@@ -1,0 +1,1 @@
+"""Rendering: artifacts -> images, plots and pages. Reads only artifacts, never recomputes."""
