@@ -1,0 +1,99 @@
+"""Content-addressed cache of analysis results: atomic writes, verified reads.
+
+An entry is a dict of numpy arrays (plus JSON-able metadata under the key `meta`), stored as
+`<cache>/<kind>/<key>.npz` with its sha256 in `<key>.sha256`. The key hashes everything the
+result depends on (model weights, dataset fingerprint, layer, parameters, the analysis'
+code version), so a changed input never reads a stale entry. A corrupt entry (hash
+mismatch, unreadable) is deleted and recomputed with a warning, never used.
+"""
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+
+def cache_key(*parts) -> str:
+    """A stable hash of JSON-able parts (dicts are key-sorted)."""
+    blob = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temp file beside `path`, fsync, rename: readers see the old or the new file, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class Cache:
+    def __init__(self, root: Path, enabled: bool = True):
+        self.root, self.enabled = Path(root), enabled
+
+    def _paths(self, kind: str, key: str) -> tuple[Path, Path]:
+        base = self.root / kind / key
+        return base.with_suffix(".npz"), base.with_suffix(".sha256")
+
+    def load(self, kind: str, key: str) -> dict | None:
+        """The entry's arrays (and `meta` dict), or None if absent, disabled or corrupt."""
+        if not self.enabled:
+            return None
+        data_path, sum_path = self._paths(kind, key)
+        if not data_path.is_file():
+            return None
+        try:
+            data = data_path.read_bytes()
+            if hashlib.sha256(data).hexdigest() != sum_path.read_text().strip():
+                raise ValueError("sha256 mismatch")
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                out = {k: z[k] for k in z.files}
+        except (OSError, ValueError, KeyError) as exc:
+            warnings.warn(f"cache entry {kind}/{key} is corrupt ({exc}); recomputing", stacklevel=2)
+            data_path.unlink(missing_ok=True)
+            sum_path.unlink(missing_ok=True)
+            return None
+        if "meta" in out:
+            out["meta"] = json.loads(str(out["meta"]))
+        return out
+
+    def save(self, kind: str, key: str, arrays: dict) -> None:
+        if not self.enabled:
+            return
+        arrays = dict(arrays)
+        if "meta" in arrays:
+            arrays["meta"] = np.array(json.dumps(arrays["meta"], sort_keys=True))
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        data = buf.getvalue()
+        data_path, sum_path = self._paths(kind, key)
+        # data first, checksum last: a kill in between leaves a mismatch, read as corrupt, recomputed
+        atomic_write_bytes(data_path, data)
+        atomic_write_bytes(sum_path, hashlib.sha256(data).hexdigest().encode())
+
+    def get_or_compute(self, kind: str, key: str, compute) -> dict:
+        hit = self.load(kind, key)
+        if hit is not None:
+            return hit
+        result = compute()
+        self.save(kind, key, result)
+        return result
+
+    def clear(self) -> bool:
+        if self.root.is_dir():
+            shutil.rmtree(self.root)
+            return True
+        return False

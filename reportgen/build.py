@@ -1,0 +1,164 @@
+"""The build, one linear function: spec → model + data → record → analyses → render → site.
+
+Every stage reads the previous stages' results and caches its own (artifacts.Cache), so a
+rebuild recomputes only what changed. The site is written to a temporary directory beside
+the output and swapped in when complete (`output.write_site`).
+"""
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .artifacts import Cache, cache_key
+from .data import Dataset, load_dataset, sample_indices, subset_indices
+from .errors import SpecError
+from .layers import Layer, LayerInfo, list_layers, resolve_layers
+from .models import LoadedModel, load_model
+from .output import write_site
+from .record import Evidence, layer_from_arrays, layer_to_arrays, record
+from .render.pages import Pages
+from .spec import Spec
+
+RECORD_VERSION = "record-1"  # bump when the pass's results change meaning
+
+
+@dataclass
+class Job:
+    """Everything a build knows about its inputs, handed to analyses and pages."""
+    spec: Spec
+    device: str
+    model: LoadedModel
+    dataset: Dataset
+    layers: list[Layer]
+    layer_infos: list[LayerInfo]
+    indices: np.ndarray      # dataset indices used
+    samples: np.ndarray      # dataset indices of the sample images
+    cache: Cache
+    log: object
+
+    def key(self, *parts) -> str:
+        """Cache key of a result that depends on the model, the images used and `parts`."""
+        images = hashlib.sha256(self.indices.astype(np.int64).tobytes()).hexdigest()
+        return cache_key(self.model.sha256, self.dataset.fingerprint, images, *parts)
+
+
+def pick_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SpecError("device", "'cuda' was asked for but no CUDA GPU is available here; use 'cpu' or 'auto'")
+    return name
+
+
+def prepare(spec: Spec, use_cache: bool = True, log=print) -> Job:
+    """Load model and data and resolve layers: everything before the first heavy computation."""
+    device = pick_device(spec.device)
+    torch.manual_seed(spec.seed)
+    model = load_model(spec.model, spec.spec_path)
+    model.module.to(device)
+    dataset = load_dataset(spec.dataset, model.input_size, model.resize_size, model.channels)
+    if spec.model.classes is None and model.classes == [f"class {i}" for i in range(len(dataset.classes))]:
+        model.classes = list(dataset.classes)  # an unnamed head over the dataset's classes: use their names
+    infos = list_layers(model.module, model.input_size, model.channels) if device == "cpu" else \
+        list_layers(model.module.cpu(), model.input_size, model.channels)
+    model.module.to(device)
+    layers = resolve_layers(model.module, spec.layers, model.input_size, model.channels)
+    indices = subset_indices(dataset.size, spec.dataset.limit, spec.seed)
+    samples = sample_indices(indices, spec.dataset.samples, spec.seed)
+    cache = Cache(spec.spec_path / ".reportgen-cache", enabled=use_cache)
+    return Job(spec, device, model, dataset, layers, infos, indices, samples, cache, log)
+
+
+def record_evidence(job: Job, progress: bool = True) -> Evidence:
+    """The dataset pass, cached per layer; only layers without a cached result are recorded."""
+    r, spec = job.spec.record, job.spec
+    params = dict(k=r.top_k, negatives=r.negatives, pooled_limit=r.pooled_limit, samples=job.samples.tolist())
+    keys = {l.path: job.key(RECORD_VERSION, "layer", l.path, params) for l in job.layers}
+    keys["(predictions)"] = job.key(RECORD_VERSION, "predictions", params)
+    hits = {p: job.cache.load("record", k) for p, k in keys.items()}
+    missing = {l.path: l.channels for l in job.layers if hits[l.path] is None}
+    pooled = set(sample_indices(job.indices, r.pooled_limit, spec.seed + 7).tolist())
+    if missing or hits["(predictions)"] is None:
+        ev = record(job.model.module, job.model.normalize, job.dataset, job.indices, missing,
+                    num_classes=len(job.dataset.classes), k=r.top_k, negatives=r.negatives, pooled=pooled,
+                    samples=set(job.samples.tolist()), batch_size=spec.dataset.batch_size,
+                    workers=spec.dataset.workers, device=job.device,
+                    raise_errors=spec.dataset.on_error == "raise", progress=progress)
+        for path in missing:
+            job.cache.save("record", keys[path], layer_to_arrays(ev.layers[path]))
+        from .record import PENULTIMATE
+        pred = {"pred_index": ev.pred_index, "preds": ev.preds,
+                "prob_index": np.array(sorted(ev.sample_probs), np.int64),
+                "probs": np.stack([ev.sample_probs[i] for i in sorted(ev.sample_probs)]) if ev.sample_probs else np.zeros((0, 1)),
+                "meta": {"skipped": [[int(i), m] for i, m in ev.skipped]}}
+        if PENULTIMATE in ev.layers:
+            pred.update({f"pen_{k}": v for k, v in layer_to_arrays(ev.layers[PENULTIMATE]).items()})
+        job.cache.save("record", keys["(predictions)"], pred)
+        hits["(predictions)"] = pred
+        for path in missing:
+            hits[path] = layer_to_arrays(ev.layers[path])
+    p = hits["(predictions)"]
+    layers = {l.path: layer_from_arrays(hits[l.path]) for l in job.layers}
+    pen = {k[4:]: v for k, v in p.items() if k.startswith("pen_")}
+    if pen:
+        from .record import PENULTIMATE
+        layers[PENULTIMATE] = layer_from_arrays(pen)
+    ev = Evidence(layers, p["pred_index"], p["preds"], dict(zip(p["prob_index"].tolist(), p["probs"])),
+                  [(int(i), m) for i, m in p["meta"]["skipped"]])
+    if ev.skipped:
+        names = ", ".join(job.dataset.names[i] for i, _ in ev.skipped[:3])
+        job.log(f"warning: {len(ev.skipped)} unreadable images skipped (first: {names})")
+    if len(ev.pred_index) == 0:
+        raise SpecError("dataset.root", "no readable image in the dataset")
+    return ev
+
+
+def receptive_fields(job: Job) -> dict:
+    from .graph import receptive_field
+    from .errors import ModelError
+    out = {}
+    for l in job.layers:
+        if len(l.output_shape) == 3:
+            try:
+                out[l.path] = receptive_field(job.model.module, l.path, (job.model.input_size, job.model.input_size))
+            except ModelError as exc:
+                job.log(f"warning: no receptive field for {l.name}: {exc}")
+    return out
+
+
+def build(spec: Spec, out: Path | None = None, use_cache: bool = True, progress: bool = True, log=print) -> Path:
+    """Build the site for `spec` into `out` (default: the spec's `output`). Returns the site path."""
+    t0 = time.perf_counter()
+    out = Path(out) if out else spec.output
+    job = prepare(spec, use_cache, log)
+    log(f"model {job.model.source}: {len(job.layers)} layers, dataset {job.dataset.format} "
+        f"({len(job.indices)} of {job.dataset.size} images), device {job.device}")
+    evidence = record_evidence(job, progress)
+    rfs = receptive_fields(job)
+
+    def render(writer):
+        pages = Pages(job, evidence, writer, rfs)
+        report = {"title": spec.title, "seed": spec.seed, "reportgen_version": __version__,
+                  "model": pages.model_section(), "dataset": pages.dataset_section(),
+                  "accuracy": pages.accuracy(), "samples": pages.samples_section(),
+                  "layers": [pages.layer_section(l) for l in job.layers], "nav_extra": []}
+        writer.copy_static()
+        writer.page("index.html", "index.html", report=report, crumbs=[])
+        for layer in report["layers"]:
+            writer.page(layer["page"], "layer.html", report=report, layer=layer, crumbs=[{"title": layer["name"], "page": None}])
+            fs = layer["filters"]
+            for n, f in enumerate(fs):
+                writer.page(f["page"], "filter.html", report=report, layer=layer, f=f,
+                            prev=fs[n - 1] if n else None, next=fs[n + 1] if n + 1 < len(fs) else None,
+                            crumbs=[{"title": layer["name"], "page": layer["page"]}, {"title": f"filter {f['index']}", "page": None}])
+        writer.json("report.json", report)
+
+    protected = [spec.spec_path / "x", spec.dataset.root] + ([spec.model.checkpoint] if spec.model.checkpoint else [])
+    write_site(out, render, protected)
+    log(f"wrote {out} in {time.perf_counter() - t0:.1f} s")
+    return out

@@ -1,0 +1,89 @@
+"""Command line: `reportgen build|layers|clean|serve`. The only place that prints errors and sets exit codes.
+
+Exit status: 0 success, 2 a ReportgenError (one line `error: ...`), 130 interrupted (Ctrl-C).
+"""
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+from . import __version__
+from .errors import ReportgenError, SpecError
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _warning(message, category, filename, lineno, file=None, line=None):
+    _log(f"warning: {message}")
+
+
+def cmd_build(args) -> int:
+    from .build import build
+    from .spec import load_spec
+    spec = load_spec(args.spec)
+    out = build(spec, out=Path(args.out).absolute() if args.out else None, use_cache=not args.no_cache,
+                progress=not args.quiet, log=_log)
+    print(out / "index.html")
+    return 0
+
+
+def cmd_layers(args) -> int:
+    from .layers import list_layers
+    from .models import load_model
+    from .spec import load_spec
+    spec = load_spec(args.spec)
+    model = load_model(spec.model, spec.spec_path)
+    rows = [(li.path, li.alias or "", li.type, "×".join(map(str, li.output_shape)), str(li.params))
+            for li in list_layers(model.module, model.input_size, model.channels)]
+    header = ("path", "alias", "type", "output", "params")
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(5)]
+    for r in [header] + rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    return 0
+
+
+def cmd_clean(args) -> int:
+    from .artifacts import Cache
+    spec_dir = Path(args.spec).resolve().parent
+    removed = Cache(spec_dir / ".reportgen-cache").clear()
+    _log(f"removed {spec_dir / '.reportgen-cache'}" if removed else "no cache to remove")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="reportgen", description="Turn a trained CNN into a browsable report.")
+    parser.add_argument("--version", action="version", version=f"reportgen {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("build", help="compute every analysis and write the site")
+    p.add_argument("spec", help="the YAML spec")
+    p.add_argument("--out", help="output directory (overrides the spec's 'output')")
+    p.add_argument("--no-cache", action="store_true", help="recompute everything")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_build)
+    p = sub.add_parser("layers", help="list the model's layers (path, alias, type, output shape)")
+    p.add_argument("spec")
+    p.set_defaults(func=cmd_layers)
+    p = sub.add_parser("clean", help="remove the spec's cache (.reportgen-cache beside it)")
+    p.add_argument("spec")
+    p.set_defaults(func=cmd_clean)
+    args = parser.parse_args(argv)
+    warnings.showwarning = _warning
+    try:
+        return args.func(args)
+    except SpecError as exc:
+        for err in getattr(exc, "errors", [exc]):
+            _log(f"error: {err.key}: {err.message}")
+        return 2
+    except ReportgenError as exc:
+        _log(f"error: {exc}")
+        return 2
+    except KeyboardInterrupt:
+        _log("interrupted; the previous site is unchanged")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""Datasets: ImageFolder, Fashion-MNIST/MNIST (IDX), CIFAR-10; deterministic subsets.
+
+Every dataset yields uint8 images (C, S, S) at the model's input size and channel count,
+so pages show exactly what the model saw; normalization happens on the device
+(`LoadedModel.normalize`). `dataset_index` is an image's index in the full dataset in its
+loader's order, before any `limit` subset.
+"""
+
+import hashlib
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from .errors import DataError, SpecError
+from .idx import find_idx_file, load_idx_split
+from .spec import DatasetSpec
+
+Image.MAX_IMAGE_PIXELS = 64_000_000  # decompression-bomb guard: larger images are refused, not decoded
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+def to_model_image(img: Image.Image, resize: int, crop: int, channels: int) -> np.ndarray:
+    """Any PIL image → uint8 (channels, crop, crop): mode converted, shorter side resized, centre-cropped."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        img = Image.fromarray(np.clip(arr / top * 255, 0, 255).astype(np.uint8), "L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")  # transparent pixels shown on white, as viewers do
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    img = img.convert("L" if channels == 1 else "RGB")
+    w, h = img.size
+    if min(w, h) != resize:
+        scale = resize / min(w, h)
+        img = img.resize((max(crop, round(w * scale)), max(crop, round(h * scale))), Image.BILINEAR)
+    w, h = img.size
+    left, top = (w - crop) // 2, (h - crop) // 2
+    img = img.crop((left, top, left + crop, top + crop))
+    arr = np.asarray(img, dtype=np.uint8)
+    return arr[None] if channels == 1 else arr.transpose(2, 0, 1).copy()
+
+
+@dataclass
+class Dataset:
+    """A whole dataset (`size` images), readable by dataset index."""
+    format: str
+    size: int
+    classes: list[str]
+    labels: np.ndarray       # (size,) int64
+    fingerprint: str
+    names: list[str]         # a short name per image (file name, or 'test[123]')
+    _reader: object          # callable(index) -> uint8 (C, S, S), raises DataError
+
+    def image(self, index: int) -> np.ndarray:
+        return self._reader(index)
+
+
+class _ArrayReader:
+    """Images held in memory as (N, H, W[, 3]) uint8 (IDX, CIFAR)."""
+
+    def __init__(self, images: np.ndarray, resize: int, crop: int, channels: int):
+        self.images, self.resize, self.crop, self.channels = images, resize, crop, channels
+
+    def __call__(self, index: int) -> np.ndarray:
+        arr = self.images[index]
+        native_gray = arr.ndim == 2
+        if arr.shape[0] == self.crop and arr.shape[1] == self.crop and self.resize == self.crop:
+            if native_gray and self.channels == 1:
+                return arr[None].copy()
+            if not native_gray and self.channels == 3:
+                return arr.transpose(2, 0, 1).copy()
+        return to_model_image(Image.fromarray(arr), self.resize, self.crop, self.channels)
+
+
+class _FileReader:
+    def __init__(self, paths: list[str], resize: int, crop: int, channels: int):
+        self.paths, self.resize, self.crop, self.channels = paths, resize, crop, channels
+
+    def __call__(self, index: int) -> np.ndarray:
+        path = self.paths[index]
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as img:
+                    img.load()
+                    return to_model_image(img, self.resize, self.crop, self.channels)
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
+                Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise DataError(f"{path}: unreadable image ({exc.__class__.__name__}: {str(exc)[:80]})") from None
+
+
+def _file_digest(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def load_dataset(spec: DatasetSpec, input_size: int, resize: int, channels: int) -> Dataset:
+    """Open the spec's dataset. Raises SpecError (bad root) or DataError (bad contents)."""
+    root = spec.root
+    if not root.is_dir():
+        raise SpecError("dataset.root", f"no directory {str(root)!r}")
+    if spec.format in ("fashion-mnist", "mnist"):
+        images, labels = load_idx_split(root, spec.split)
+        files = [find_idx_file(root, spec.split, k) for k in ("images", "labels")]
+        from .demo.fashion_cnn import CLASSES as FASHION
+        classes = FASHION if spec.format == "fashion-mnist" else [str(d) for d in range(10)]
+        reader = _ArrayReader(images, resize, input_size, channels)
+        names = [f"{spec.split}[{i}]" for i in range(len(labels))]
+        digest = _file_digest(files)
+    elif spec.format == "cifar10":
+        images, labels, classes, digest = _load_cifar10(root, spec.split)
+        reader = _ArrayReader(images, resize, input_size, channels)
+        names = [f"{spec.split}[{i}]" for i in range(len(labels))]
+    else:
+        paths, labels, classes = _scan_imagefolder(root)
+        reader = _FileReader(paths, resize, input_size, channels)
+        names = [str(Path(p).relative_to(root)) for p in paths]
+        h = hashlib.sha256()
+        for p in paths:
+            h.update(f"{Path(p).relative_to(root)}:{Path(p).stat().st_size};".encode())
+        digest = h.hexdigest()
+    if len(labels) == 0:
+        raise DataError(f"{root}: the dataset is empty")
+    fingerprint = hashlib.sha256(f"{spec.format}:{spec.split}:{len(labels)}:{digest}".encode()).hexdigest()
+    return Dataset(spec.format, len(labels), list(classes), np.asarray(labels, np.int64), fingerprint, names, reader)
+
+
+def _load_cifar10(root: Path, split: str):
+    import torchvision
+    base = root if (root / "cifar-10-batches-py").is_dir() else root.parent
+    try:
+        ds = torchvision.datasets.CIFAR10(str(base), train=split == "train", download=False)
+    except RuntimeError as exc:
+        raise DataError(f"{root}: no CIFAR-10 python batches ({exc}); expected {root}/cifar-10-batches-py/") from None
+    folder = base / "cifar-10-batches-py"
+    digest = _file_digest(sorted(p for p in folder.iterdir() if "batch" in p.name))
+    return ds.data, np.asarray(ds.targets), ds.classes, digest
+
+
+def _scan_imagefolder(root: Path):
+    """ImageFolder's own scan (class = sub-folder, sorted), every file kept: unreadable ones are skipped later."""
+    import torchvision
+    try:
+        classes, class_to_idx = torchvision.datasets.folder.find_classes(str(root))
+    except FileNotFoundError as exc:
+        raise DataError(f"{root}: {exc} (an ImageFolder root holds one sub-folder per class)") from None
+    samples = torchvision.datasets.folder.make_dataset(
+        str(root), class_to_idx, is_valid_file=lambda p: not Path(p).name.startswith("."), allow_empty=True)
+    if not samples:
+        raise DataError(f"{root}: the dataset is empty (no files in its class folders)")
+    return [p for p, _ in samples], np.array([c for _, c in samples], np.int64), classes
+
+
+def subset_indices(size: int, limit: int | None, seed: int) -> np.ndarray:
+    """The dataset indices a build uses: all, or a seeded random `limit` of them, sorted."""
+    if limit is None or limit >= size:
+        if limit is not None and limit > size:
+            warnings.warn(f"dataset.limit {limit} is larger than the dataset ({size} images); using all of them",
+                          stacklevel=2)
+        return np.arange(size)
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(size, size=limit, replace=False))
+
+
+def sample_indices(indices: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """`n` sample images (dataset indices) for predictions and maps: seeded, in a stable order."""
+    rng = np.random.default_rng([seed, 1])
+    return indices[np.sort(rng.permutation(len(indices))[:n])]
+
+
+class TorchView(torch.utils.data.Dataset):
+    """The dataset restricted to `indices`, for a DataLoader. Unreadable images come back as None."""
+
+    def __init__(self, dataset: Dataset, indices: np.ndarray, raise_errors: bool):
+        self.dataset, self.indices, self.raise_errors = dataset, indices, raise_errors
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        index = int(self.indices[i])
+        try:
+            return index, torch.from_numpy(self.dataset.image(index))
+        except DataError as exc:
+            if self.raise_errors:
+                raise
+            return index, str(exc)
+
+
+def collate(batch):
+    """Stack readable images; pass unreadable ones on as (index, message) to be counted."""
+    good = [(i, t) for i, t in batch if isinstance(t, torch.Tensor)]
+    bad = [(i, t) for i, t in batch if not isinstance(t, torch.Tensor)]
+    idx = torch.tensor([i for i, _ in good], dtype=torch.long)
+    imgs = torch.stack([t for _, t in good]) if good else torch.empty(0, dtype=torch.uint8)
+    return idx, imgs, bad

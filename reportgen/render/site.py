@@ -1,0 +1,68 @@
+"""Writing the site: the Jinja environment, pages, images and JSON, all with relative paths.
+
+Every path handed to templates is relative to the site root; a page at depth d gets
+`root = "../" * d`, so links work from file://, from a GitHub Pages sub-path and anywhere else.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+from ..artifacts import atomic_write_bytes
+from .images import png_bytes
+
+TEMPLATES = Path(__file__).resolve().parent.parent.parent / "templates"
+SITE_MARKER = ".reportgen-site"
+
+
+def _fmt(value, digits: int = 4) -> str:
+    """Numbers on pages: 4 significant digits, no '-0'."""
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "–"
+    text = f"{float(value):.{digits}g}"
+    return "0" if text in ("-0", "0") else text
+
+
+class SiteWriter:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=select_autoescape(default=True),
+                               undefined=StrictUndefined, keep_trailing_newline=True, trim_blocks=True,
+                               lstrip_blocks=True)
+        self.env.filters["fmt"] = _fmt
+        self.env.filters["pct"] = lambda v: _fmt(100 * float(v), 3) + "%"
+        self.written: set[str] = set()
+
+    def image(self, rel: str, array: np.ndarray) -> str:
+        """Write a PNG once at site-relative `rel`; return `rel`."""
+        if rel not in self.written:
+            atomic_write_bytes(self.root / rel, png_bytes(array))
+            self.written.add(rel)
+        return rel
+
+    def bytes(self, rel: str, data: bytes) -> str:
+        atomic_write_bytes(self.root / rel, data)
+        self.written.add(rel)
+        return rel
+
+    def json(self, rel: str, obj) -> str:
+        text = json.dumps(obj, indent=1, sort_keys=False, ensure_ascii=False, allow_nan=False)
+        return self.bytes(rel, (text + "\n").encode("utf-8"))
+
+    def page(self, rel: str, template: str, **context) -> str:
+        depth = rel.count("/")
+        html = self.env.get_template(template).render(root="../" * depth, page_path=rel, **context)
+        return self.bytes(rel, html.encode("utf-8"))
+
+    def copy_static(self) -> None:
+        for src in sorted((TEMPLATES / "static").rglob("*")):
+            if src.is_file():
+                self.bytes(f"static/{src.relative_to(TEMPLATES / 'static').as_posix()}", src.read_bytes())
+        self.bytes(SITE_MARKER, b"This directory is a site written by reportgen; reportgen may replace it.\n")
+
+
+def copy_tree_files(src: Path, dst: Path) -> None:
+    shutil.copytree(src, dst, dirs_exist_ok=True)

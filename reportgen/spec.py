@@ -1,0 +1,217 @@
+"""The spec: a declarative schema with every default in one place, and its loader.
+
+`load_spec(path)` reads YAML, validates every key (collecting all errors, each with its
+dotted key path like `layers[1].name`) and resolves relative paths against the spec's
+directory. Checks that need the model (layer names, filter ranges) happen in `layers.py`
+and raise `SpecError` with the same key paths.
+"""
+
+import os
+from pathlib import Path
+from typing import Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import SpecError
+
+
+class _Section(BaseModel):
+    # unknown keys are errors: a typo must not be silently ignored
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSpec(_Section):
+    """Where the model comes from (exactly one of torchvision / checkpoint / factory, or checkpoint+factory)."""
+    torchvision: str | None = None
+    weights: str | None = None
+    checkpoint: Path | None = None
+    factory: str | None = Field(None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    trust_checkpoint: bool = False
+    input_size: int | None = Field(None, ge=8, le=2048)
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    classes: list[str] | Path | None = None
+    channels: Literal[1, 3] | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if self.torchvision and (self.checkpoint or self.factory):
+            raise ValueError("give either 'torchvision' or 'checkpoint'/'factory', not both")
+        if not (self.torchvision or self.checkpoint or self.factory):
+            raise ValueError("name the model: 'torchvision: NAME', 'checkpoint: PATH' or 'factory: module:callable'")
+        if self.weights and not self.torchvision:
+            raise ValueError("'weights' is for torchvision models; use 'checkpoint' for your own weights")
+        if self.std is not None and any(s <= 0 for s in self.std):
+            raise ValueError("'std' values must be positive")
+        return self
+
+
+class DatasetSpec(_Section):
+    format: Literal["imagefolder", "fashion-mnist", "mnist", "cifar10"]
+    root: Path
+    split: Literal["train", "test"] = "test"
+    limit: int | None = Field(None, ge=1, description="deterministic random subset of this many images")
+    on_error: Literal["skip", "raise"] = "skip"
+    samples: int = Field(8, ge=1, le=64, description="sample images for predictions and activation maps")
+    batch_size: int = Field(64, ge=1, le=4096)
+    workers: int = Field(0, ge=0, le=64)
+
+
+FilterSel = Union[list[int], str, int]
+
+
+class LayerSpec(_Section):
+    name: str = Field(min_length=1)
+    filters: FilterSel = "0-15"
+    embedding: Literal["tsne", "pca", "both", "none"] | None = None
+
+    @field_validator("filters")
+    @classmethod
+    def _filters_syntax(cls, v):
+        parse_filter_selection(v)  # raises ValueError with the fix
+        return v
+
+
+class RecordSpec(_Section):
+    top_k: int = Field(9, ge=1, le=100)
+    negatives: bool = False
+    histogram_bins: int = Field(40, ge=4, le=200)
+    pooled_limit: int = Field(5000, ge=0, le=200_000, description="images whose pooled features are kept")
+
+
+class FeatureVisSpec(_Section):
+    enabled: bool = True
+    size: int = Field(0, ge=0, le=1024, description="image size; 0 = the model's input size")
+    steps: int = Field(256, ge=1, le=10_000)
+    lr: float = Field(0.05, gt=0)
+    objective: Literal["channel", "neuron"] = "channel"
+    compare_plain: bool = True
+    classes: list[int] = Field(default_factory=lambda: [0, 1, 2, 3], description="class-model images on the overview")
+
+
+class CircuitSpec(_Section):
+    enabled: bool = True
+    top_n: int = Field(10, ge=1, le=512)
+    expand: bool = False
+
+
+class EmbeddingSpec(_Section):
+    max_points: int = Field(5000, ge=10, le=200_000)
+
+
+class AttributionSpec(_Section):
+    enabled: bool = True
+    images: int | list[int] = 8
+    methods: list[Literal["occlusion", "saliency", "gradcam", "guided_backprop", "guided_gradcam"]] = Field(
+        default_factory=lambda: ["occlusion", "saliency", "gradcam", "guided_backprop", "guided_gradcam"])
+    target: Literal["predicted", "true", "both"] = "predicted"
+    window: int = Field(0, ge=0, description="occlusion window; 0 = 1/6 of the input size")
+    stride: int = Field(0, ge=0, description="occlusion stride; 0 = half the window")
+    layer: str | None = None
+    sanity_check: bool = True
+
+
+class Spec(_Section):
+    title: str = "reportgen report"
+    seed: int = 0
+    output: Path = Path("site")
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    model: ModelSpec
+    dataset: DatasetSpec
+    layers: list[LayerSpec] = Field(min_length=1)
+    record: RecordSpec = Field(default_factory=RecordSpec)
+    feature_vis: FeatureVisSpec = Field(default_factory=FeatureVisSpec)
+    circuit: CircuitSpec = Field(default_factory=CircuitSpec)
+    embedding: EmbeddingSpec = Field(default_factory=EmbeddingSpec)
+    attribution: AttributionSpec = Field(default_factory=AttributionSpec)
+    # set by the loader, not by users
+    spec_path: Path | None = Field(None, exclude=True)
+
+
+def parse_filter_selection(value: FilterSel) -> list[int] | None:
+    """`[1, 5]`, `7`, `"0-63"`, `"0-7,31"` → sorted unique ints; `"all"` → None (every filter)."""
+    if isinstance(value, bool):
+        raise ValueError("give filter indices: a list like [0, 31], a range like '0-63', or 'all'")
+    if isinstance(value, int):
+        value = [value]
+    if isinstance(value, list):
+        if not value or any(not isinstance(v, int) or v < 0 for v in value):
+            raise ValueError("filter indices must be a non-empty list of non-negative integers")
+        return sorted(set(value))
+    if value.strip() == "all":
+        return None
+    out = set()
+    for part in value.split(","):
+        lo, sep, hi = part.strip().partition("-")
+        if not lo.isdigit() or (sep and not hi.isdigit()):
+            raise ValueError(f"{value!r} is not a filter selection; use a list like [0, 31], "
+                             f"a range like '0-63', or 'all'")
+        lo_i, hi_i = int(lo), int(hi) if sep else int(lo)
+        if hi_i < lo_i:
+            raise ValueError(f"range {part.strip()!r} runs backwards; write '{hi_i}-{lo_i}'")
+        out.update(range(lo_i, hi_i + 1))
+    return sorted(out)
+
+
+def key_path(loc: tuple) -> str:
+    """Pydantic's error location → the spec's dotted key (`('layers', 1, 'name')` → `layers[1].name`)."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("function-after", "function-before") or str(part).startswith(("list[", "int", "str")):
+            continue  # pydantic's union/validator branch names are not spec keys
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _message(err: dict) -> str:
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        return "unknown key; check its spelling against the README's spec reference"
+    if err["type"] == "missing":
+        return "required key is missing"
+    return msg
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read and validate a spec file. Raises SpecError (first error; all listed in `.errors`)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SpecError("(spec)", f"no spec file {str(path)!r}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError("(spec)", f"cannot read {str(path)!r}: {exc}") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where else ""
+        raise SpecError("(spec)", f"{path.name} is not valid YAML{line}: "
+                                  f"{getattr(exc, 'problem', None) or exc}") from None
+    if not isinstance(raw, dict):
+        raise SpecError("(spec)", f"{path.name} must be a YAML mapping of keys like 'model:', 'dataset:', 'layers:'")
+    try:
+        spec = Spec.model_validate(raw)
+    except ValidationError as exc:
+        errors = [SpecError(key_path(e["loc"]), _message(e)) for e in exc.errors()]
+        first = errors[0]
+        first.errors = errors
+        raise first from None
+    return _resolve_paths(spec, path.resolve().parent)
+
+
+def _resolve_paths(spec: Spec, base: Path) -> Spec:
+    """Relative paths in a spec are relative to the spec file's directory."""
+    def rel(p: Path) -> Path:
+        p = p.expanduser()
+        return Path(os.path.normpath(p if p.is_absolute() else base / p))
+    spec.spec_path = base
+    spec.output = rel(spec.output)
+    spec.dataset.root = rel(spec.dataset.root)
+    if spec.model.checkpoint:
+        spec.model.checkpoint = rel(spec.model.checkpoint)
+    if isinstance(spec.model.classes, Path):
+        spec.model.classes = rel(spec.model.classes)
+    return spec
