@@ -7,6 +7,7 @@ loader's order, before any `limit` subset.
 """
 
 import hashlib
+import pickle
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,16 +134,41 @@ def load_dataset(spec: DatasetSpec, input_size: int, resize: int, channels: int)
     return Dataset(spec.format, len(labels), list(classes), np.asarray(labels, np.int64), fingerprint, names, reader)
 
 
-def _load_cifar10(root: Path, split: str):
-    import torchvision
-    base = root if (root / "cifar-10-batches-py").is_dir() else root.parent
+class _SafeUnpickler(pickle.Unpickler):
+    """CIFAR's batches are pickles: allow only the numpy/builtin types they hold, never arbitrary code."""
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+                ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"forbidden object {module}.{name}")
+
+
+def _unpickle(path: Path) -> dict:
     try:
-        ds = torchvision.datasets.CIFAR10(str(base), train=split == "train", download=False)
-    except RuntimeError as exc:
-        raise DataError(f"{root}: no CIFAR-10 python batches ({exc}); expected {root}/cifar-10-batches-py/") from None
-    folder = base / "cifar-10-batches-py"
-    digest = _file_digest(sorted(p for p in folder.iterdir() if "batch" in p.name))
-    return ds.data, np.asarray(ds.targets), ds.classes, digest
+        with open(path, "rb") as f:
+            return _SafeUnpickler(f, encoding="bytes").load()
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as exc:
+        raise DataError(f"{path}: not a CIFAR-10 batch ({exc})") from None
+
+
+def _load_cifar10(root: Path, split: str):
+    """CIFAR-10's python batches, read here (not by torchvision) to unpickle safely and accept any copy."""
+    folder = root / "cifar-10-batches-py" if (root / "cifar-10-batches-py").is_dir() else root
+    names = ["test_batch"] if split == "test" else [f"data_batch_{i}" for i in range(1, 6)]
+    files = [folder / n for n in names]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise DataError(f"{folder}: no CIFAR-10 batch {missing[0]!r} (expected ROOT/cifar-10-batches-py/)")
+    batches = [_unpickle(f) for f in files]
+    data = np.concatenate([np.asarray(b[b"data"], np.uint8).reshape(-1, 3, 32, 32) for b in batches])
+    labels = np.concatenate([np.asarray(b[b"labels"], np.int64) for b in batches])
+    meta = folder / "batches.meta"
+    classes = [c.decode() for c in _unpickle(meta)[b"label_names"]] if meta.is_file() else \
+        ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    return data.transpose(0, 2, 3, 1).copy(), labels, classes, _file_digest(files)
 
 
 def _scan_imagefolder(root: Path):

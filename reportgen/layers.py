@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .errors import SpecError
+from .errors import ModelError, SpecError
 from .spec import LayerSpec, parse_filter_selection
 
 _FOLLOWERS = (nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.ELU)
@@ -126,6 +126,10 @@ def slugify(text: str) -> str:
 
 def resolve_layers(model: nn.Module, specs: list[LayerSpec], input_size: int, channels: int) -> list[Layer]:
     """Resolve each spec layer (module path or alias) and its filter selection, or raise SpecError."""
+    if isinstance(model, torch.jit.ScriptModule):
+        raise ModelError("layer outputs of a TorchScript model cannot be recorded (PyTorch runs no Python hooks "
+                         "inside TorchScript); give the architecture as 'factory:' and keep the TorchScript file "
+                         "as 'checkpoint:' (its weights are loaded into the factory's model)")
     infos = {i.path: i for i in list_layers(model, input_size, channels)}
     aliases = keras_aliases(model)
     layers, slugs = [], set()
@@ -144,8 +148,11 @@ def resolve_layers(model: nn.Module, specs: list[LayerSpec], input_size: int, ch
             raise SpecError(f"layers[{n}].name", f"layer {ls.name!r} outputs shape {shape}; "
                                                  "pick a conv/pool layer (C, H, W) or a linear layer (C,)")
         n_ch = shape[0]
-        wanted = parse_filter_selection(ls.filters)
-        filters = list(range(n_ch)) if wanted is None else wanted
+        if ls.filters is None:
+            filters = list(range(min(16, n_ch)))
+        else:
+            wanted = parse_filter_selection(ls.filters)
+            filters = list(range(n_ch)) if wanted is None else wanted
         bad = [f for f in filters if f >= n_ch]
         if bad:
             raise SpecError(f"layers[{n}].filters", f"filter {bad[0]} is out of range: {ls.name!r} has "

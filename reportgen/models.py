@@ -76,8 +76,9 @@ def load_model(spec: ModelSpec, spec_dir: Path) -> LoadedModel:
 
 def _describe(module: nn.Module, spec: ModelSpec, info: dict) -> LoadedModel:
     """Fill input size, channels, normalization and classes: spec overrides > weights' meta > guesses."""
-    first_conv = next((m for m in module.modules() if isinstance(m, nn.Conv2d)), None)
-    channels = spec.channels or (first_conv.in_channels if first_conv else 3)
+    # the first 4-D weight is the first conv's (works for TorchScript modules too, whose children aren't nn.Conv2d)
+    first_conv = next((p for p in module.parameters() if p.dim() == 4), None)
+    channels = spec.channels or (first_conv.shape[1] if first_conv is not None else 3)
     if channels not in (1, 3):
         raise ModelError(f"the model's first conv takes {channels} channels; reportgen feeds 1 or 3 (set model.channels)")
     input_size = spec.input_size or info.get("input_size") or 224
@@ -193,16 +194,26 @@ def _torch_load(path: Path, trust: bool):
         raise ModelError(f"{path.name}: cannot load checkpoint ({str(exc).splitlines()[0]}){hint}") from None
 
 
+def _is_torchscript(path: Path) -> bool:
+    if not (path.is_file() and zipfile.is_zipfile(path)):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n.split("/", 1)[-1].startswith("code/") for n in z.namelist())
+
+
+def _jit_load(path: Path):
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice is not the user's concern
+            return torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:
+        raise ModelError(f"{path.name}: cannot load TorchScript model ({str(exc).splitlines()[0]})") from None
+
+
 def _load_checkpoint_module(path: Path, trust: bool) -> nn.Module:
     """A checkpoint without a factory must be TorchScript (it carries its own code)."""
-    if path.is_file() and zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as z:
-            is_script = any(n.split("/", 1)[-1].startswith("code/") for n in z.namelist())
-        if is_script:
-            try:
-                return torch.jit.load(str(path), map_location="cpu")
-            except Exception as exc:
-                raise ModelError(f"{path.name}: cannot load TorchScript model ({exc})") from None
+    if _is_torchscript(path):
+        return _jit_load(path)
     obj = _torch_load(path, trust)
     if isinstance(obj, nn.Module):
         return obj
@@ -211,7 +222,8 @@ def _load_checkpoint_module(path: Path, trust: bool) -> nn.Module:
 
 
 def _load_state_dict(module: nn.Module, path: Path, trust: bool) -> None:
-    state = _torch_load(path, trust)
+    """Load a state_dict file, or the weights of a TorchScript file, into the factory's module."""
+    state = _jit_load(path).state_dict() if _is_torchscript(path) else _torch_load(path, trust)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]  # the common {'state_dict': ..., 'epoch': ...} wrapper
     if not isinstance(state, dict):

@@ -19,8 +19,8 @@ from .analyses.topk import StreamingTopK
 from .data import Dataset, TorchView, collate
 
 # Histogram bin edges shared by every layer, so shards and layers merge without a first pass:
-# 0, ±10^-3 … ±10^4 at 4 bins per decade (ReLU outputs fill the zero bin and the positive side).
-_POS = np.logspace(-3, 4, 29)
+# 0, ±10^-3 … ±10^4 at 16 bins per decade (ReLU outputs fill the zero bin and the positive side).
+_POS = np.logspace(-3, 4, 7 * 16 + 1)
 HIST_EDGES = np.concatenate([-_POS[::-1], [0.0], _POS]).astype(np.float64)
 PENULTIMATE = "(penultimate)"   # key of the final Linear layer's input features
 

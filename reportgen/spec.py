@@ -63,13 +63,14 @@ FilterSel = Union[list[int], str, int]
 
 class LayerSpec(_Section):
     name: str = Field(min_length=1)
-    filters: FilterSel = "0-15"
+    filters: FilterSel | None = Field(None, description="default: the first 16 filters (all if fewer)")
     embedding: Literal["tsne", "pca", "both", "none"] | None = None
 
     @field_validator("filters")
     @classmethod
     def _filters_syntax(cls, v):
-        parse_filter_selection(v)  # raises ValueError with the fix
+        if v is not None:
+            parse_filter_selection(v)  # raises ValueError with the fix
         return v
 
 

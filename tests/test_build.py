@@ -1,0 +1,110 @@
+"""A whole build on a tiny model and the shipped Fashion-MNIST split; report.json checked by direct computation."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from reportgen.build import build
+from reportgen.data import subset_indices
+from reportgen.idx import load_idx_split
+from reportgen.spec import load_spec
+from tests.helpers.tiny import FASHION_DIR, tiny_cnn
+
+SPEC = f"""
+title: tiny <b>report</b>
+seed: 1
+model:
+  factory: tests.helpers.tiny:tiny_cnn
+  mean: [0.5]
+  std: [0.25]
+  input_size: 28
+dataset:
+  format: fashion-mnist
+  root: {FASHION_DIR}
+  limit: 300
+  samples: 3
+layers:
+  - name: block1_conv2
+    filters: [0, 3, 5]
+  - name: features.c3
+    filters: all
+feature_vis: {{enabled: false}}
+circuit: {{enabled: false}}
+attribution: {{enabled: false}}
+"""
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("build")
+    (tmp / "spec.yaml").write_text(SPEC)
+    out = build(load_spec(tmp / "spec.yaml"), progress=False, log=lambda *_: None)
+    return out, json.loads((out / "report.json").read_text())
+
+
+def direct_outputs(layer_path):
+    """Every used image through the model by hand: (indices, (N, C, H, W) outputs, logits)."""
+    images, labels = load_idx_split(FASHION_DIR, "test")
+    idx = subset_indices(len(images), 300, seed=1)
+    x = (torch.from_numpy(images[idx]).float().unsqueeze(1) / 255 - 0.5) / 0.25
+    model = tiny_cnn().eval()
+    got = {}
+    handle = dict(model.named_modules())[layer_path].register_forward_hook(lambda m, i, o: got.update(out=o.clone()))
+    with torch.no_grad():
+        logits = model(x)
+    handle.remove()
+    return idx, labels, got["out"], logits
+
+
+def test_top_images_match_direct_computation(site):
+    _, report = site
+    idx, labels, out, _ = direct_outputs("features.r2")   # block1_conv2 = conv c2 + its ReLU
+    scores = out.flatten(2).max(2).values.numpy()         # (N, C)
+    layer = report["layers"][0]
+    assert layer["path"] == "features.r2"
+    for f in layer["filters"]:
+        s = scores[:, f["index"]]
+        order = np.lexsort((idx, -s))[:9]                  # by score, ties by dataset index
+        assert [t["dataset_index"] for t in f["top_images"]] == idx[order].tolist()
+        assert np.allclose([t["score"] for t in f["top_images"]], s[order], rtol=1e-4)
+        assert [t["label"] for t in f["top_images"]] == labels[idx[order]].tolist()
+
+
+def test_top_classes_match_direct_computation(site):
+    _, report = site
+    idx, labels, out, _ = direct_outputs("features.c3")
+    means = out.mean((2, 3)).numpy()
+    for f in report["layers"][1]["filters"]:
+        per_class = np.array([means[labels[idx] == c, f["index"]].mean() for c in range(10)])
+        best = np.argsort(-per_class, kind="stable")[:5]
+        assert [c["label"] for c in f["top_classes"]] == best.tolist()
+        assert np.allclose([c["mean"] for c in f["top_classes"]], per_class[best], rtol=1e-4)
+
+
+def test_accuracy_and_samples(site):
+    _, report = site
+    idx, labels, _, logits = direct_outputs("features.c3")
+    assert report["accuracy"] == pytest.approx((logits.argmax(1).numpy() == labels[idx]).mean(), abs=1e-6)
+    assert report["dataset"] | {"fingerprint": None} == report["dataset"] | {
+        "format": "fashion-mnist", "size": 10000, "used": 300, "fingerprint": None}
+    assert report["model"]["num_classes"] == 10 and len(report["model"]["sha256"]) == 64
+    assert len(report["samples"]) == 3 and all(len(s["top3"]) == 3 for s in report["samples"])
+
+
+def test_pages_exist_links_relative_and_escaped(site):
+    out, report = site
+    index = (out / "index.html").read_text()
+    assert "tiny &lt;b&gt;report&lt;/b&gt;" in index and "<b>report</b>" not in index
+    for layer in report["layers"]:
+        assert (out / layer["page"]).is_file()
+        for f in layer["filters"]:
+            page = (out / f["page"]).read_text()
+            assert 'href="../../index.html"' in page
+            for t in f["top_images"]:
+                assert (out / t["image"]).is_file()
+    assert len(report["layers"][1]["filters"]) == 8          # 'all' on an 8-channel layer
+    for html in out.rglob("*.html"):
+        text = html.read_text()
+        assert "http://" not in text and "https://" not in text and 'src="/' not in text and 'href="/' not in text
