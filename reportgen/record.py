@@ -109,6 +109,7 @@ def record(model: nn.Module, normalize, dataset: Dataset, indices: np.ndarray, l
            raise_errors: bool = False, progress: bool = True) -> Evidence:
     """One forward pass over `indices` (dataset indices), recording evidence for `layers` {path: channels}."""
     pooled, samples = pooled or set(), samples or set()
+    pooled_arr, samples_arr = np.array(sorted(pooled), np.int64), np.array(sorted(samples), np.int64)
     ev = {p: LayerEvidence.empty(c, num_classes, k, negatives) for p, c in layers.items()}
     pen_dims = [m.in_features for m in model.modules() if isinstance(m, nn.Linear)][-1:]
     if pen_dims:
@@ -134,12 +135,13 @@ def record(model: nn.Module, normalize, dataset: Dataset, indices: np.ndarray, l
             counts = torch.zeros(e.hist.shape, dtype=torch.int64, device=mx.device)
             counts.scatter_add_(1, bins.T.contiguous(), torch.ones_like(bins.T, dtype=torch.int64))
             e.hist += counts.cpu().numpy()
-        for row, i in enumerate(idx.tolist()):
-            if i in pooled:
-                e.pooled_index.append(i)
-                e.pooled.append(mean[row].cpu().numpy().astype(np.float32))
-            if i in samples and out.dim() == 4 and path != PENULTIMATE:
-                e.sample_maps[i] = out[row].detach().float().cpu().numpy().astype(np.float16)
+        keep = np.isin(idx, pooled_arr)
+        if keep.any():
+            e.pooled_index += idx[keep].tolist()
+            e.pooled += list(mean[torch.from_numpy(keep).to(mean.device)].cpu().numpy().astype(np.float32))
+        if out.dim() == 4 and path != PENULTIMATE:
+            for row in np.nonzero(np.isin(idx, samples_arr))[0]:
+                e.sample_maps[int(idx[row])] = out[row].detach().float().cpu().numpy().astype(np.float16)
 
     for e in ev.values():
         e.class_count = np.bincount(dataset.labels[indices], minlength=num_classes)[:num_classes].astype(np.int64)
