@@ -22,6 +22,7 @@ from .models import LoadedModel, load_model
 from .output import write_site
 from .record import Evidence, layer_from_arrays, layer_to_arrays, record
 from .render.pages import Pages
+from .render.provenance import provenance
 from .spec import Spec
 
 RECORD_VERSION = "record-1"  # bump when the pass's results change meaning
@@ -146,9 +147,12 @@ def build(spec: Spec, out: Path | None = None, use_cache: bool = True, progress:
         report = {"title": spec.title, "seed": spec.seed, "reportgen_version": __version__,
                   "model": pages.model_section(), "dataset": pages.dataset_section(),
                   "accuracy": pages.accuracy(), "samples": pages.samples_section(),
-                  "layers": [pages.layer_section(l) for l in job.layers], "nav_extra": []}
+                  "layers": [pages.layer_section(l) for l in job.layers],
+                  "provenance": provenance(spec, out, job.model.sha256, job.dataset.fingerprint),
+                  "nav_extra": [{"title": "How this was built", "page": "build.html"}]}
         writer.copy_static()
         writer.page("index.html", "index.html", report=report, crumbs=[])
+        writer.page("build.html", "build.html", report=report, crumbs=[{"title": "How this was built", "page": None}])
         for layer in report["layers"]:
             writer.page(layer["page"], "layer.html", report=report, layer=layer, crumbs=[{"title": layer["name"], "page": None}])
             fs = layer["filters"]

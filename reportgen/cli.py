@@ -4,6 +4,7 @@ Exit status: 0 success, 2 a ReportgenError (one line `error: ...`), 130 interrup
 """
 
 import argparse
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -53,6 +54,23 @@ def cmd_clean(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from .errors import SpecError as _SpecError
+    from .serve import make_server
+    site = Path(args.site)
+    if not (site / "index.html").is_file():
+        raise _SpecError("SITE", f"{str(site)!r} has no index.html; build it first with 'reportgen build SPEC'")
+    server = make_server(site, args.base, args.host, args.port)
+    host, port = server.server_address[:2]
+    base = "/" + args.base.strip("/") + "/" if args.base.strip("/") else "/"
+    _log(f"serving {site} at http://{host}:{port}{base} (Ctrl-C to stop)")
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="reportgen", description="Turn a trained CNN into a browsable report.")
     parser.add_argument("--version", action="version", version=f"reportgen {__version__}")
@@ -69,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("clean", help="remove the spec's cache (.reportgen-cache beside it)")
     p.add_argument("spec")
     p.set_defaults(func=cmd_clean)
+    p = sub.add_parser("serve", help="preview a site as GitHub Pages serves it under a sub-path")
+    p.add_argument("site", help="the site directory")
+    p.add_argument("--base", default="/", help="the sub-path, e.g. /REPO/ for https://USER.github.io/REPO/")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=cmd_serve)
     args = parser.parse_args(argv)
     warnings.showwarning = _warning
     try:
@@ -83,6 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _log("interrupted; the previous site is unchanged")
         return 130
+    except Exception as exc:  # a bug in reportgen: still one line, the traceback on request
+        if os.environ.get("REPORTGEN_DEBUG"):
+            raise
+        _log(f"error: internal error ({exc.__class__.__name__}: {exc}); rerun with REPORTGEN_DEBUG=1 "
+             "for the traceback and report it")
+        return 1
 
 
 if __name__ == "__main__":

@@ -127,7 +127,8 @@ class Spec(_Section):
     embedding: EmbeddingSpec = Field(default_factory=EmbeddingSpec)
     attribution: AttributionSpec = Field(default_factory=AttributionSpec)
     # set by the loader, not by users
-    spec_path: Path | None = Field(None, exclude=True)
+    spec_path: Path | None = Field(None, exclude=True)   # the spec's directory
+    spec_file: Path | None = Field(None, exclude=True)
 
 
 def parse_filter_selection(value: FilterSel) -> list[int] | None:
@@ -200,7 +201,9 @@ def load_spec(path: str | Path) -> Spec:
         first = errors[0]
         first.errors = errors
         raise first from None
-    return _resolve_paths(spec, path.resolve().parent)
+    spec = _resolve_paths(spec, path.resolve().parent)
+    spec.spec_file = path.resolve()
+    return spec
 
 
 def _resolve_paths(spec: Spec, base: Path) -> Spec:
