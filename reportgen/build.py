@@ -162,7 +162,7 @@ def build(spec: Spec, out: Path | None = None, use_cache: bool = True, progress:
                             crumbs=[{"title": layer["name"], "page": layer["page"]}, {"title": f"filter {f['index']}", "page": None}])
         writer.json("report.json", report)
 
-    protected = [spec.spec_path / "x", spec.dataset.root] + ([spec.model.checkpoint] if spec.model.checkpoint else [])
+    protected = [spec.spec_file or spec.spec_path, spec.dataset.root] + ([spec.model.checkpoint] if spec.model.checkpoint else [])
     write_site(out, render, protected)
     log(f"wrote {out} in {time.perf_counter() - t0:.1f} s")
     return out

@@ -109,6 +109,10 @@ def load_dataset(spec: DatasetSpec, input_size: int, resize: int, channels: int)
     if not root.is_dir():
         raise SpecError("dataset.root", f"no directory {str(root)!r}")
     if spec.format in ("fashion-mnist", "mnist"):
+        try:
+            find_idx_file(root, spec.split, "images")
+        except DataError as exc:
+            raise SpecError("dataset.root", str(exc).replace(f"{root}: ", f"{str(root)!r} has ")) from None
         images, labels = load_idx_split(root, spec.split)
         files = [find_idx_file(root, spec.split, k) for k in ("images", "labels")]
         from .demo.fashion_cnn import CLASSES as FASHION

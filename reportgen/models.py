@@ -88,7 +88,8 @@ def _describe(module: nn.Module, spec: ModelSpec, info: dict) -> LoadedModel:
     std = spec.std or info.get("std") or default_std
     for key, values in (("mean", mean), ("std", std)):
         if len(values) != channels:
-            raise SpecError(f"model.{key}", f"has {len(values)} values but the model takes {channels} channels")
+            raise SpecError(f"model.{key}", f"has {len(values)} values but the model takes {channels} input "
+                                            f"channel{'s' if channels > 1 else ''}; give one value per channel")
     classes = _classes(spec, info, module)
     resize = info.get("resize_size") or input_size
     return LoadedModel(module, classes, input_size, max(resize, input_size), channels, list(mean), list(std),
@@ -190,8 +191,11 @@ def _torch_load(path: Path, trust: bool):
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust)
     except Exception as exc:  # torch.load raises many types (UnpicklingError, RuntimeError, ...)
-        hint = "; if you trust this file set model.trust_checkpoint: true" if "weights_only" in str(exc) else ""
-        raise ModelError(f"{path.name}: cannot load checkpoint ({str(exc).splitlines()[0]}){hint}") from None
+        if "Weights only load failed" in str(exc):
+            raise ModelError(f"{path.name} holds pickled Python objects besides tensors and was refused "
+                             "(weights_only=True); if you trust this file set model.trust_checkpoint: true") from None
+        raise ModelError(f"{path.name}: not a checkpoint saved by torch.save "
+                         f"({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else 'unreadable'})") from None
 
 
 def _is_torchscript(path: Path) -> bool:

@@ -7,6 +7,7 @@ and raise `SpecError` with the same key paths.
 """
 
 import os
+import re
 from pathlib import Path
 from typing import Literal, Union
 
@@ -26,13 +27,20 @@ class ModelSpec(_Section):
     torchvision: str | None = None
     weights: str | None = None
     checkpoint: Path | None = None
-    factory: str | None = Field(None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    factory: str | None = None
     trust_checkpoint: bool = False
     input_size: int | None = Field(None, ge=8, le=2048)
     mean: list[float] | None = None
     std: list[float] | None = None
     classes: list[str] | Path | None = None
     channels: Literal[1, 3] | None = None
+
+    @field_validator("factory")
+    @classmethod
+    def _factory_syntax(cls, v):
+        if v is not None and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", v):
+            raise ValueError(f"{v!r} is not 'module:callable' (e.g. 'mynet:build' for build() in mynet.py)")
+        return v
 
     @model_validator(mode="after")
     def _one_source(self):

@@ -37,7 +37,7 @@ def write(tmp_path, text):
     (BASE + "  - name: x\n    filters: some\n", "layers[1].filters", "not a filter selection"),
     (BASE + "  - filters: all\n", "layers[1].name", "required key is missing"),
     (BASE.replace("  root: data\n", "  root: data\n  limit: 0\n"), "dataset.limit", "greater than or equal to 1"),
-    (BASE.replace("factory: tests.helpers.tiny:tiny_cnn", "factory: not a factory"), "model.factory", "pattern"),
+    (BASE.replace("factory: tests.helpers.tiny:tiny_cnn", "factory: not a factory"), "model.factory", "is not 'module:callable'"),
     (BASE.replace("factory: tests.helpers.tiny:tiny_cnn", "torchvision: vgg19\n  factory: a.b:c"), "model",
      "not both"),
     (BASE.replace("  factory: tests.helpers.tiny:tiny_cnn\n", "  input_size: 32\n"), "model", "name the model"),
