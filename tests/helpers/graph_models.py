@@ -1,0 +1,125 @@
+"""Tiny models for the graph and circuits tests, each with a known wiring."""
+
+import functools
+
+import torch
+import torchvision
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class SmallCNN(nn.Sequential):
+    """Fashion-MNIST-like (1, 28, 28) -> 10: two Conv-BN-ReLU-MaxPool blocks, then a Linear head.
+    Layers: features.0 conv, .1 BN, .2 ReLU, .3 pool, .4 conv, .5 BN, .6 ReLU, .7 pool; classifier.1."""
+
+    def __init__(self, pool: type[nn.Module] = nn.MaxPool2d, act: type[nn.Module] = nn.ReLU):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), act(), pool(2),
+            nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), act(), pool(2),
+        )
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(16 * 7 * 7, 10))
+
+
+class OddNet(nn.Module):
+    """Every awkward window: asymmetric zero padding, stride + dilation + large padding, a functional
+    pool in ceil mode, 'same' padding with an even kernel, a channel concat, a grouped conv, a
+    1x1 stride-3 conv (its windows leave gaps), a dilated conv, and a global gate broadcast back."""
+
+    def __init__(self, pool: str = "avg"):
+        super().__init__()
+        self.pool = F.avg_pool2d if pool == "avg" else F.max_pool2d
+        self.pad = nn.ZeroPad2d((1, 0, 2, 0))  # left 1, top 2
+        self.a = nn.Conv2d(1, 4, 3, stride=2, padding=3, dilation=2)
+        self.b = nn.Conv2d(4, 4, 4, padding="same")
+        self.e = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.c = nn.Conv2d(8, 8, 1, stride=3)
+        self.d = nn.Conv2d(8, 8, 3, padding=2, dilation=2)
+        self.gate = Gate(8)
+        self.act = nn.LeakyReLU(0.1)
+
+    def forward(self, x):
+        x = self.act(self.a(self.pad(x)))
+        x = self.pool(x, 3, 2, 1, ceil_mode=True)
+        x = torch.cat([x, self.act(self.b(x))], 1)
+        x = self.act(self.d(self.c(self.act(self.e(x)))))
+        return self.gate(x)
+
+
+class Gate(nn.Module):
+    """x * sigmoid(mean of x over the image): every output unit depends on every input unit."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x):
+        return x * torch.sigmoid(self.conv(F.adaptive_avg_pool2d(x, 1)))
+
+
+class ConcatNet(nn.Module):
+    """`head`'s input is cat([left (2 ch), right (3 ch)]) through a ReLU; `tail`'s is a product."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.left = nn.Conv2d(4, 2, 1)
+        self.right = nn.Sequential(nn.Conv2d(4, 3, 3, padding=1), nn.BatchNorm2d(3))
+        self.head = nn.Conv2d(5, 6, 3)
+        self.tail = nn.Conv2d(6, 2, 1)
+
+    def forward(self, x):
+        s = self.relu(self.stem(x))
+        x = self.head(F.relu(torch.cat([self.left(s), self.right(s)], 1)))
+        return self.tail(x * torch.sigmoid(x.mean((2, 3), keepdim=True)))
+
+
+class DepthwiseNet(nn.Sequential):
+    """Grouped and depthwise convs: 0 (3 -> 6, groups 3), 1 BN, 2 ReLU, 3 (6 -> 6, groups 6), 4 (6 -> 4)."""
+
+    def __init__(self):
+        super().__init__(
+            nn.Conv2d(3, 6, 3, padding=1, groups=3), nn.BatchNorm2d(6), nn.ReLU(),
+            nn.Conv2d(6, 6, 3, stride=2, padding=1, groups=6), nn.Conv2d(6, 4, 1),
+        )
+
+
+class Upsampler(nn.Sequential):
+    """A conv after a bilinear upsampling, which receptive fields do not support."""
+
+    def __init__(self):
+        super().__init__(nn.Conv2d(1, 2, 3), nn.Upsample(scale_factor=2, mode="bilinear"), nn.Conv2d(2, 2, 3))
+
+
+class Branchy(nn.Module):
+    """Data-dependent control flow: torch.fx cannot trace it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 3)
+
+    def forward(self, x):
+        return self.conv(x) if x.sum() > 0 else x
+
+
+def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every BatchNorm2d non-trivial running stats and affine parameters (fresh ones are identity)."""
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            n = module.num_features
+            module.running_mean.copy_(torch.randn(n, generator=generator))
+            module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+            if module.affine:
+                module.weight.data.copy_(torch.randn(n, generator=generator))
+                module.bias.data.copy_(torch.randn(n, generator=generator))
+    return model.eval()
+
+
+@functools.cache
+def torchvision_model(name: str) -> nn.Module:
+    """A randomly initialised torchvision model in eval mode, built once per session (VGG19's init
+    alone takes seconds). Shared: never modify it; copy it first."""
+    torch.manual_seed(0)
+    return getattr(torchvision.models, name)(weights=None).eval()
