@@ -20,8 +20,9 @@ from .errors import SpecError
 from .layers import Layer, LayerInfo, list_layers, resolve_layers
 from .models import LoadedModel, load_model
 from .output import write_site
-from .record import Evidence, layer_from_arrays, layer_to_arrays, record
+from .record import HIST_EDGES, Evidence, layer_from_arrays, layer_to_arrays, record
 from .render.pages import Pages
+from .sections.circuits import CircuitSection, expand_layers
 from .render.provenance import provenance
 from .spec import Spec
 
@@ -69,6 +70,8 @@ def prepare(spec: Spec, use_cache: bool = True, log=print) -> Job:
         list_layers(model.module.cpu(), model.input_size, model.channels)
     model.module.to(device)
     layers = resolve_layers(model.module, spec.layers, model.input_size, model.channels)
+    if spec.circuit.enabled and spec.circuit.expand:
+        layers = expand_layers(model.module, layers, spec.circuit.top_n, {i.path: i.output_shape for i in infos})
     indices = subset_indices(dataset.size, spec.dataset.limit, spec.seed)
     samples = sample_indices(indices, spec.dataset.samples, spec.seed)
     cache = Cache(spec.spec_path / ".reportgen-cache", enabled=use_cache)
@@ -78,7 +81,8 @@ def prepare(spec: Spec, use_cache: bool = True, log=print) -> Job:
 def record_evidence(job: Job, progress: bool = True) -> Evidence:
     """The dataset pass, cached per layer; only layers without a cached result are recorded."""
     r, spec = job.spec.record, job.spec
-    params = dict(k=r.top_k, negatives=r.negatives, pooled_limit=r.pooled_limit, samples=job.samples.tolist())
+    params = dict(k=r.top_k, negatives=r.negatives, pooled_limit=r.pooled_limit, samples=job.samples.tolist(),
+                  hist=HIST_EDGES.tolist())
     keys = {l.path: job.key(RECORD_VERSION, "layer", l.path, params) for l in job.layers}
     keys["(predictions)"] = job.key(RECORD_VERSION, "predictions", params)
     hits = {p: job.cache.load("record", k) for p, k in keys.items()}
@@ -144,10 +148,21 @@ def build(spec: Spec, out: Path | None = None, use_cache: bool = True, progress:
 
     def render(writer):
         pages = Pages(job, evidence, writer, rfs)
+        layer_sections = [pages.layer_section(l) for l in job.layers]
+        circuits = CircuitSection(job, evidence, pages, spec.circuit.top_n) if spec.circuit.enabled else None
+        if circuits:
+            for layer, section in zip(job.layers, layer_sections):
+                result = circuits.for_layer(layer, layer_sections)
+                for f in section["filters"]:
+                    if isinstance(result, str):
+                        f["circuit_absent"] = result
+                    else:
+                        f["circuit"] = result[f["index"]]
         report = {"title": spec.title, "seed": spec.seed, "reportgen_version": __version__,
                   "model": pages.model_section(), "dataset": pages.dataset_section(),
                   "accuracy": pages.accuracy(), "samples": pages.samples_section(),
-                  "layers": [pages.layer_section(l) for l in job.layers],
+                  "layers": layer_sections,
+                  "first_layer_filters": circuits.first_layer_filters() if circuits else None,
                   "provenance": provenance(spec, out, job.model.sha256, job.dataset.fingerprint),
                   "nav_extra": [{"title": "How this was built", "page": "build.html"}]}
         writer.copy_static()

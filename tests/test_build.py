@@ -31,7 +31,7 @@ layers:
   - name: features.c3
     filters: all
 feature_vis: {{enabled: false}}
-circuit: {{enabled: false}}
+circuit: {{enabled: true}}
 attribution: {{enabled: false}}
 """
 
