@@ -157,7 +157,8 @@ def build(spec: Spec, out: Path | None = None, use_cache: bool = True, progress:
                     if isinstance(result, str):
                         f["circuit_absent"] = result
                     else:
-                        f["circuit"] = result[f["index"]]
+                        f["circuit_info"] = result[f["index"]]
+                        f["circuit"] = f["circuit_info"].pop("channels")
         report = {"title": spec.title, "seed": spec.seed, "reportgen_version": __version__,
                   "model": pages.model_section(), "dataset": pages.dataset_section(),
                   "accuracy": pages.accuracy(), "samples": pages.samples_section(),

@@ -108,3 +108,32 @@ def test_pages_exist_links_relative_and_escaped(site):
     for html in out.rglob("*.html"):
         text = html.read_text()
         assert "http://" not in text and "https://" not in text and 'src="/' not in text and 'href="/' not in text
+
+
+def test_circuit_ranking_matches_the_weights(site):
+    """L2 ranking, kinds and contributions in report.json, recomputed independently from the weights."""
+    _, report = site
+    conv = tiny_cnn().features.c3                       # features.c3 = a conv without BN: weights as stored
+    w = conv.weight.detach().numpy()                    # (8, 6, 3, 3)
+    idx, labels, _, _ = direct_outputs("features.c3")
+    for f in report["layers"][1]["filters"]:
+        k = w[f["index"]]
+        l2 = np.sqrt((k ** 2).sum((1, 2)))
+        order = [int(c) for c in np.argsort(-l2, kind="stable") if l2[c] >= 1e-5][:10]
+        got = f["circuit"]
+        assert [c["channel"] for c in got] == order
+        for c in got:
+            kern = k[c["channel"]]
+            pos, neg = int((kern > 0).sum()), int((kern < 0).sum())
+            assert c["l2"] == pytest.approx(l2[c["channel"]], rel=1e-4)
+            assert c["sum"] == pytest.approx(kern.sum(), rel=1e-4, abs=1e-6)
+            assert c["kind_count"] == ("excitatory" if pos > neg else "inhibitory" if neg > pos else "balanced")
+            assert c["kind_sum"] == ("excitatory" if kern.sum() > 1e-5 else "inhibitory" if kern.sum() < -1e-5
+                                     else "balanced")
+            # c3 reads p1 = max-pool of c2's ReLU: the traced producer is block1_conv2 (features.r2), in the report
+            assert c["source"]["layer"] in ("block1_conv2", "features.r2")
+        # contributions + bias = the conv output at each top image's argmax (averaged over the top images)
+        mean_pre = np.mean([t["score"] for t in f["top_images"]])
+        total = sum(c["contribution"] for c in got) if len(got) == 6 else None
+        if total is not None:
+            assert total + float(conv.bias[f["index"]]) == pytest.approx(mean_pre, rel=1e-3, abs=1e-4)

@@ -122,7 +122,7 @@ class Pages:
                 "bottom_images": bottom, "top_classes": top_classes, "histogram": self.histogram(e.hist[f]),
                 "activation_overlays": overlays,
                 # sections filled by later analyses (None = absent; the page says why when it matters)
-                "feature_vis": None, "circuit": None, "circuit_absent": None, "guided_backprop": None}
+                "feature_vis": None, "circuit": None, "circuit_info": None, "circuit_absent": None, "guided_backprop": None}
 
     @staticmethod
     def histogram(counts: np.ndarray) -> dict:

@@ -115,7 +115,8 @@ class CircuitSection:
             rows = [[{"text": f"{v:.2g}", "bg": _hex(im.colorize(np.array(0.5 + 0.5 * v / peak), "diverging")),
                       "dark": abs(v) / peak > 0.6} for v in row] for row in s.kernel.tolist()]
             rec["kernel"] = rows
-            rec["source"] = self._source(source, s.channel, report_layers)
+            rec["sources"] = self._source(source, s.channel, report_layers)   # several for a residual sum
+            rec["source"] = rec["sources"][0] if rec["sources"] else None
             channels.append(rec)
         ch_ids, tiles = cx.kernel_tiles(weight, f, conv.groups)
         tiles_u8 = np.round(np.clip(tiles, 0, 1) * 255).astype(np.uint8)[..., None]   # (N, kh, kw, 1)
