@@ -28,6 +28,12 @@ def cmd_build(args) -> int:
     out = build(spec, out=Path(args.out).absolute() if args.out else None, use_cache=not args.no_cache,
                 progress=not args.quiet, log=_log)
     print(out / "index.html")
+    if args.single_file is not None:
+        from .single_file import bundle
+        target = Path(args.single_file or f"{out}.html").absolute()
+        size = bundle(out, target)
+        _log(f"wrote {target} ({size / 2**20:.1f} MB)")
+        print(target)
     return 0
 
 
@@ -80,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="output directory (overrides the spec's 'output')")
     p.add_argument("--no-cache", action="store_true", help="recompute everything")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--single-file", nargs="?", const="", default=None, metavar="HTML",
+                   help="also write the whole site as one .html (default: OUTPUT.html)")
     p.set_defaults(func=cmd_build)
     p = sub.add_parser("layers", help="list the model's layers (path, alias, type, output shape)")
     p.add_argument("spec")
