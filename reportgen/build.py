@@ -88,6 +88,8 @@ def record_evidence(job: Job, progress: bool = True) -> Evidence:
     hits = {p: job.cache.load("record", k) for p, k in keys.items()}
     missing = {l.path: l.channels for l in job.layers if hits[l.path] is None}
     pooled = set(sample_indices(job.indices, r.pooled_limit, spec.seed + 7).tolist())
+    if not missing and hits["(predictions)"] is not None:
+        job.log(f"dataset pass: reusing cached results for {len(job.layers)} layers")
     if missing or hits["(predictions)"] is None:
         ev = record(job.model.module, job.model.normalize, job.dataset, job.indices, missing,
                     num_classes=len(job.dataset.classes), k=r.top_k, negatives=r.negatives, pooled=pooled,

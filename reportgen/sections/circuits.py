@@ -138,8 +138,8 @@ class CircuitSection:
         out = []
         for leaf, ch in source.channel_sources(channel):
             if leaf.kind != "layer":
-                out.append({"layer": None, "channel": ch, "page": None, "kind": leaf.kind,
-                            "what": "image channel" if leaf.kind == "input" else leaf.producer_type})
+                out.append({"layer": None, "channel": ch, "page": None, "kind": leaf.kind, "image": None,
+                            "patches": [], "what": "image channel" if leaf.kind == "input" else leaf.producer_type})
                 continue
             entry = {"layer": display_path(self.model, leaf), "channel": ch, "page": None, "kind": "layer",
                      "what": leaf.producer_type, "image": None, "patches": []}
