@@ -21,7 +21,12 @@ from .layers import Layer, LayerInfo, list_layers, resolve_layers
 from .models import LoadedModel, load_model
 from .output import write_site
 from .record import HIST_EDGES, Evidence, layer_from_arrays, layer_to_arrays, record
+from markupsafe import Markup
+
+from .record import PENULTIMATE
+from .render import plots
 from .render.pages import Pages
+from .sections.embedding import EmbeddingSection
 from .sections.circuits import CircuitSection, expand_layers
 from .render.provenance import provenance
 from .spec import Spec
@@ -138,6 +143,15 @@ def receptive_fields(job: Job) -> dict:
     return out
 
 
+def _json_only(value):
+    """The report without page-only parts (Bokeh script/div, the explorer's page sections)."""
+    if isinstance(value, dict):
+        return {k: _json_only(v) for k, v in value.items() if k not in ("script", "div", "explorer")}
+    if isinstance(value, list):
+        return [_json_only(v) for v in value]
+    return value
+
+
 def build(spec: Spec, out: Path | None = None, use_cache: bool = True, progress: bool = True, log=print) -> Path:
     """Build the site for `spec` into `out` (default: the spec's `output`). Returns the site path."""
     t0 = time.perf_counter()
@@ -161,24 +175,34 @@ def build(spec: Spec, out: Path | None = None, use_cache: bool = True, progress:
                     else:
                         f["circuit_info"] = result[f["index"]]
                         f["circuit"] = f["circuit_info"].pop("channels")
+        explorers = EmbeddingSection(job, evidence, pages, writer)
+        for layer, section in zip(job.layers, layer_sections):
+            methods = {"tsne": ["tsne"], "pca": ["pca"], "both": ["tsne", "pca"], "none": []}[layer.embedding]
+            section["explorer"] = explorers.section(layer.path, layer.name, methods, 2) if methods else None
+            section["embedding"] = _json_only(section["explorer"]["explorers"]) if section["explorer"] else None
+        overview_explorer = explorers.section(PENULTIMATE, "penultimate", ["tsne"], 0)
+        bokeh = (lambda depth: Markup(plots.script_tags(explorers.scripts, depth))) if explorers.scripts else None
         report = {"title": spec.title, "seed": spec.seed, "reportgen_version": __version__,
                   "model": pages.model_section(), "dataset": pages.dataset_section(),
                   "accuracy": pages.accuracy(), "samples": pages.samples_section(),
                   "layers": layer_sections,
                   "first_layer_filters": circuits.first_layer_filters() if circuits else None,
+                  "explorer": overview_explorer,
+                  "embedding": _json_only(overview_explorer["explorers"]) if overview_explorer else None,
                   "provenance": provenance(spec, out, job.model.sha256, job.dataset.fingerprint),
                   "nav_extra": [{"title": "How this was built", "page": "build.html"}]}
         writer.copy_static()
-        writer.page("index.html", "index.html", report=report, crumbs=[])
+        writer.page("index.html", "index.html", report=report, crumbs=[], bokeh=bokeh(0) if bokeh else "")
         writer.page("build.html", "build.html", report=report, crumbs=[{"title": "How this was built", "page": None}])
         for layer in report["layers"]:
-            writer.page(layer["page"], "layer.html", report=report, layer=layer, crumbs=[{"title": layer["name"], "page": None}])
+            writer.page(layer["page"], "layer.html", report=report, layer=layer, bokeh=bokeh(2) if bokeh else "",
+                        crumbs=[{"title": layer["name"], "page": None}])
             fs = layer["filters"]
             for n, f in enumerate(fs):
                 writer.page(f["page"], "filter.html", report=report, layer=layer, f=f,
                             prev=fs[n - 1] if n else None, next=fs[n + 1] if n + 1 < len(fs) else None,
                             crumbs=[{"title": layer["name"], "page": layer["page"]}, {"title": f"filter {f['index']}", "page": None}])
-        writer.json("report.json", report)
+        writer.json("report.json", _json_only(report))
 
     protected = [spec.spec_file or spec.spec_path, spec.dataset.root] + ([spec.model.checkpoint] if spec.model.checkpoint else [])
     write_site(out, render, protected)

@@ -186,6 +186,8 @@ def explorer_figure(
     detail_url_template: str | None = None,
     title: str = "",
     thumb_px: int = 84,
+    neighbours: np.ndarray | None = None,
+    panel_id: str | None = None,
 ) -> bokeh.plotting.figure:
     """Bokeh scatter of `points` (N, 2) coloured by true class.
 
@@ -231,7 +233,8 @@ def explorer_figure(
         for wrong in (False, True):
             keep = (labels == c) & ((preds != labels) if wrong else (preds == labels))
             data = {"x": pts[keep, 0], "y": pts[keep, 1], "label": labels[keep], "pred": preds[keep],
-                    "index": index[keep], "sx": offsets[keep, 0], "sy": offsets[keep, 1]}  # fmt: skip
+                    "index": index[keep], "sx": offsets[keep, 0], "sy": offsets[keep, 1],
+                    "pos": np.nonzero(keep)[0].astype(np.int32)}  # fmt: skip
             source = ColumnDataSource(data)
             if wrong:
                 r = fig.scatter("x", "y", source=source, marker="x", size=size + 3, line_color=color, line_width=2)
@@ -252,7 +255,44 @@ def explorer_figure(
                             formatters={"@{label}": names, "@{pred}": names}))  # fmt: skip
     if detail_url_template is not None:
         fig.add_tools(TapTool(renderers=renderers, callback=OpenURL(url=_bokeh_url(detail_url_template), same_tab=True)))
+    elif neighbours is not None and panel_id and sprite is not None and sprite_url:
+        fig.add_tools(TapTool(renderers=renderers))
+        _neighbour_panel(renderers, neighbours, offsets, index, labels, preds, class_names, sprite, sprite_url,
+                         scale, panel_id)
     return fig
+
+
+_PANEL_JS = """
+const i = cb_obj.indices[0];
+const el = document.getElementById(panel);
+if (i === undefined || !el) { return; }
+const p = src.data.pos[i];
+const esc = (t) => String(t).replace(/[&<>"']/g, (c) => ({'&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;'})[c]);
+const tile = (q) => '<figure class="rg-nn"><div role="img" aria-label="image ' + idx[q] + '" style="width:' + w + 'px;height:' + h
+  + 'px;background-image:url(' + JSON.stringify(url) + ');background-size:' + bw + 'px ' + bh + 'px;background-position:-'
+  + off[2 * q] + 'px -' + off[2 * q + 1] + 'px;image-rendering:pixelated"></div><figcaption>#' + idx[q] + ' '
+  + esc(names[lab[q]]) + '</figcaption></figure>';
+const near = nn.slice(p * k, p * k + k);
+const same = near.filter((q) => lab[q] === lab[p]).length;
+el.innerHTML = '<h3>Image #' + idx[p] + ': ' + esc(names[lab[p]]) + ' (predicted ' + esc(names[pred[p]]) + ')</h3>'
+  + '<div class="rg-nn-row">' + tile(p) + '</div><p>Its ' + k + ' nearest neighbours in this layer\'s feature space ('
+  + same + ' of ' + k + ' of the same class):</p><div class="rg-nn-row">' + near.map(tile).join('') + '</div>';
+el.hidden = false;
+"""
+
+
+def _neighbour_panel(renderers, neighbours, offsets, index, labels, preds, class_names, sprite, sprite_url,
+                     scale, panel_id) -> None:
+    """On click, show the point and its nearest neighbours in the page element `panel_id` (CustomJS)."""
+    from bokeh.models import CustomJS
+
+    nn = np.asarray(neighbours, np.int32)
+    shared = {"panel": panel_id, "url": sprite_url, "k": int(nn.shape[1]), "nn": nn.ravel().tolist(),
+              "off": offsets.ravel().tolist(), "idx": index.tolist(), "lab": labels.tolist(), "pred": preds.tolist(),
+              "names": [str(n) for n in class_names], "w": sprite.tile_width * scale, "h": sprite.tile_height * scale,
+              "bw": sprite.columns * sprite.tile_width * scale, "bh": sprite.rows * sprite.tile_height * scale}
+    for r in renderers:
+        r.data_source.selected.js_on_change("indices", CustomJS(args=dict(shared, src=r.data_source), code=_PANEL_JS))
 
 
 def explorer_plot(*args, **kwargs) -> tuple[str, str]:
