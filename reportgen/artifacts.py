@@ -41,8 +41,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 class Cache:
-    def __init__(self, root: Path, enabled: bool = True):
-        self.root, self.enabled = Path(root), enabled
+    def __init__(self, root: Path, enabled: bool = True, writable: bool = True):
+        # writable=False: read entries but never write (the non-zero ranks of a distributed build)
+        self.root, self.enabled, self.writable = Path(root), enabled, writable
 
     def _paths(self, kind: str, key: str) -> tuple[Path, Path]:
         base = self.root / kind / key
@@ -71,7 +72,7 @@ class Cache:
         return out
 
     def save(self, kind: str, key: str, arrays: dict) -> None:
-        if not self.enabled:
+        if not (self.enabled and self.writable):
             return
         arrays = dict(arrays)
         if "meta" in arrays:

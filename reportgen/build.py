@@ -19,6 +19,7 @@ from .data import Dataset, load_dataset, sample_indices, subset_indices
 from .errors import SpecError
 from .layers import Layer, LayerInfo, list_layers, resolve_layers
 from .models import LoadedModel, load_model
+from .distributed import SINGLE, Group
 from .output import write_site
 from .record import HIST_EDGES, Evidence, layer_from_arrays, layer_to_arrays, record
 from markupsafe import Markup
@@ -47,6 +48,7 @@ class Job:
     samples: np.ndarray      # dataset indices of the sample images
     cache: Cache
     log: object
+    group: Group = SINGLE
 
     def key(self, *parts) -> str:
         """Cache key of a result that depends on the model, the images used and `parts`."""
@@ -62,7 +64,7 @@ def pick_device(name: str) -> str:
     return name
 
 
-def prepare(spec: Spec, use_cache: bool = True, log=print) -> Job:
+def prepare(spec: Spec, use_cache: bool = True, log=print, group: Group = SINGLE) -> Job:
     """Load model and data and resolve layers: everything before the first heavy computation."""
     device = pick_device(spec.device)
     torch.manual_seed(spec.seed)
@@ -79,8 +81,8 @@ def prepare(spec: Spec, use_cache: bool = True, log=print) -> Job:
         layers = expand_layers(model.module, layers, spec.circuit.top_n, {i.path: i.output_shape for i in infos})
     indices = subset_indices(dataset.size, spec.dataset.limit, spec.seed)
     samples = sample_indices(indices, spec.dataset.samples, spec.seed)
-    cache = Cache(spec.spec_path / ".reportgen-cache", enabled=use_cache)
-    return Job(spec, device, model, dataset, layers, infos, indices, samples, cache, log)
+    cache = Cache(spec.spec_path / ".reportgen-cache", enabled=use_cache, writable=group.is_main)
+    return Job(spec, device, model, dataset, layers, infos, indices, samples, cache, log, group)
 
 
 def record_evidence(job: Job, progress: bool = True) -> Evidence:
@@ -96,11 +98,16 @@ def record_evidence(job: Job, progress: bool = True) -> Evidence:
     if not missing and hits["(predictions)"] is not None:
         job.log(f"dataset pass: reusing cached results for {len(job.layers)} layers")
     if missing or hits["(predictions)"] is None:
-        ev = record(job.model.module, job.model.normalize, job.dataset, job.indices, missing,
+        mine = job.group.shard_batches(job.indices, spec.dataset.batch_size)
+        ev = record(job.model.module, job.model.normalize, job.dataset, mine, missing,
                     num_classes=len(job.dataset.classes), k=r.top_k, negatives=r.negatives, pooled=pooled,
                     samples=set(job.samples.tolist()), batch_size=spec.dataset.batch_size,
                     workers=spec.dataset.workers, device=job.device,
-                    raise_errors=spec.dataset.on_error == "raise", progress=progress)
+                    raise_errors=spec.dataset.on_error == "raise", progress=progress and job.group.is_main)
+        parts = job.group.all_gather(ev)   # exact merge of every rank's shard (rank order)
+        ev = parts[0]
+        for part in parts[1:]:
+            ev.merge(part)
         for path in missing:
             job.cache.save("record", keys[path], layer_to_arrays(ev.layers[path]))
         from .record import PENULTIMATE
@@ -152,11 +159,13 @@ def _json_only(value):
     return value
 
 
-def build(spec: Spec, out: Path | None = None, use_cache: bool = True, progress: bool = True, log=print) -> Path:
+def build(spec: Spec, out: Path | None = None, use_cache: bool = True, progress: bool = True, log=print,
+          group: Group = SINGLE) -> Path:
     """Build the site for `spec` into `out` (default: the spec's `output`). Returns the site path."""
     t0 = time.perf_counter()
     out = Path(out) if out else spec.output
-    job = prepare(spec, use_cache, log)
+    log = log if group.is_main else (lambda *_: None)
+    job = prepare(spec, use_cache, log, group)
     log(f"model {job.model.source}: {len(job.layers)} layers, dataset {job.dataset.format} "
         f"({len(job.indices)} of {job.dataset.size} images), device {job.device}")
     evidence = record_evidence(job, progress)
@@ -205,6 +214,8 @@ def build(spec: Spec, out: Path | None = None, use_cache: bool = True, progress:
         writer.json("report.json", _json_only(report))
 
     protected = [spec.spec_file or spec.spec_path, spec.dataset.root] + ([spec.model.checkpoint] if spec.model.checkpoint else [])
-    write_site(out, render, protected)
-    log(f"wrote {out} in {time.perf_counter() - t0:.1f} s")
+    if group.is_main:   # the other ranks write nothing outside the cache
+        write_site(out, render, protected)
+        log(f"wrote {out} in {time.perf_counter() - t0:.1f} s")
+    group.barrier()
     return out

@@ -24,9 +24,17 @@ def _warning(message, category, filename, lineno, file=None, line=None):
 def cmd_build(args) -> int:
     from .build import build
     from .spec import load_spec
+    from .build import pick_device
+    from .distributed import init_from_env, shutdown
     spec = load_spec(args.spec)
-    out = build(spec, out=Path(args.out).absolute() if args.out else None, use_cache=not args.no_cache,
-                progress=not args.quiet, log=_log)
+    group = init_from_env(pick_device(spec.device))   # under torchrun: this process's rank
+    try:
+        out = build(spec, out=Path(args.out).absolute() if args.out else None, use_cache=not args.no_cache,
+                    progress=not args.quiet, log=_log, group=group)
+    finally:
+        shutdown()
+    if not group.is_main:
+        return 0
     print(out / "index.html")
     if args.single_file is not None:
         from .single_file import bundle
