@@ -266,15 +266,17 @@ _PANEL_JS = """
 const i = cb_obj.indices[0];
 const el = document.getElementById(panel);
 if (i === undefined || !el) { return; }
+const d = info.data;
 const p = src.data.pos[i];
 const esc = (t) => String(t).replace(/[&<>"']/g, (c) => ({'&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;'})[c]);
-const tile = (q) => '<figure class="rg-nn"><div role="img" aria-label="image ' + idx[q] + '" style="width:' + w + 'px;height:' + h
+const tile = (q) => '<figure class="rg-nn"><div role="img" aria-label="image ' + d.idx[q] + '" style="width:' + w + 'px;height:' + h
   + 'px;background-image:url(' + JSON.stringify(url) + ');background-size:' + bw + 'px ' + bh + 'px;background-position:-'
-  + off[2 * q] + 'px -' + off[2 * q + 1] + 'px;image-rendering:pixelated"></div><figcaption>#' + idx[q] + ' '
-  + esc(names[lab[q]]) + '</figcaption></figure>';
-const near = nn.slice(p * k, p * k + k);
-const same = near.filter((q) => lab[q] === lab[p]).length;
-el.innerHTML = '<h3>Image #' + idx[p] + ': ' + esc(names[lab[p]]) + ' (predicted ' + esc(names[pred[p]]) + ')</h3>'
+  + d.ox[q] + 'px -' + d.oy[q] + 'px;image-rendering:pixelated"></div><figcaption>#' + d.idx[q] + ' '
+  + esc(names[d.lab[q]]) + '</figcaption></figure>';
+const near = [];
+for (let j = 0; j < k; j++) { near.push(d['nn' + j][p]); }
+const same = near.filter((q) => d.lab[q] === d.lab[p]).length;
+el.innerHTML = '<h3>Image #' + d.idx[p] + ': ' + esc(names[d.lab[p]]) + ' (predicted ' + esc(names[d.pred[p]]) + ')</h3>'
   + '<div class="rg-nn-row">' + tile(p) + '</div><p>Its ' + k + ' nearest neighbours in this layer\'s feature space ('
   + same + ' of ' + k + ' of the same class):</p><div class="rg-nn-row">' + near.map(tile).join('') + '</div>';
 el.hidden = false;
@@ -283,12 +285,19 @@ el.hidden = false;
 
 def _neighbour_panel(renderers, neighbours, offsets, index, labels, preds, class_names, sprite, sprite_url,
                      scale, panel_id) -> None:
-    """On click, show the point and its nearest neighbours in the page element `panel_id` (CustomJS)."""
-    from bokeh.models import CustomJS
+    """On click, show the point and its nearest neighbours in the page element `panel_id` (CustomJS).
+
+    The per-point arrays travel in one ColumnDataSource (numpy columns serialize as binary); as plain
+    CustomJS arguments Bokeh would walk them element by element (minutes for 5k points).
+    """
+    from bokeh.models import ColumnDataSource, CustomJS
 
     nn = np.asarray(neighbours, np.int32)
-    shared = {"panel": panel_id, "url": sprite_url, "k": int(nn.shape[1]), "nn": nn.ravel().tolist(),
-              "off": offsets.ravel().tolist(), "idx": index.tolist(), "lab": labels.tolist(), "pred": preds.tolist(),
+    columns = {"idx": index.astype(np.int32), "lab": labels.astype(np.int32), "pred": preds.astype(np.int32),
+               "ox": offsets[:, 0].astype(np.int32), "oy": offsets[:, 1].astype(np.int32)}
+    columns.update({f"nn{j}": nn[:, j].copy() for j in range(nn.shape[1])})
+    info = ColumnDataSource(columns)
+    shared = {"panel": panel_id, "url": sprite_url, "k": int(nn.shape[1]), "info": info,
               "names": [str(n) for n in class_names], "w": sprite.tile_width * scale, "h": sprite.tile_height * scale,
               "bw": sprite.columns * sprite.tile_width * scale, "bh": sprite.rows * sprite.tile_height * scale}
     for r in renderers:

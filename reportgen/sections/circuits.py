@@ -93,18 +93,28 @@ class CircuitSection:
             source = None
         e = self.ev.layers[layer.path]
         width = layer.output_shape[2]
+        inputs = self._conv_inputs(conv_path, sorted(set(e.top.index[:, layer.filters].ravel().tolist())))
         out = {}
         for f in layer.filters:
-            idx = e.top.index[:, f].tolist()
-            x = self.job.model.normalize(torch.from_numpy(np.stack([self.job.dataset.image(i) for i in idx])))
-            with torch.no_grad():
-                inputs = cx.capture_inputs(self.model.cpu(), conv_path, x)
+            x = torch.stack([inputs[int(i)] for i in e.top.index[:, f]])          # (k, Cin, H, W)
             locs = torch.tensor([divmod(int(l), width) for l in e.top.loc[:, f]])
-            contrib = cx.channel_contributions(weight, inputs, f, locs, conv.stride, conv.padding, conv.dilation,
+            contrib = cx.channel_contributions(weight, x, f, locs, conv.stride, conv.padding, conv.dilation,
                                                conv.groups).mean(0)
             stats = cx.rank_input_channels(weight, f, conv.groups, self.top_n, contributions=contrib)
             out[f] = self._layout(layer, f, conv_path, conv, bn, weight, stats, source, contrib, report_layers)
-        self.model.to(self.job.device)
+        return out
+
+    def _conv_inputs(self, conv_path: str, indices: list[int], batch: int = 128) -> dict:
+        """The conv's input for each dataset image, computed once per layer for all its filters' top images."""
+        out = {}
+        model = self.model
+        device = next(model.parameters()).device
+        for s in range(0, len(indices), batch):
+            chunk = indices[s:s + batch]
+            x = self.job.model.normalize(torch.from_numpy(np.stack([self.job.dataset.image(i) for i in chunk])))
+            with torch.no_grad():
+                got = cx.capture_inputs(model, conv_path, x.to(device)).cpu()
+            out.update(zip(chunk, got))
         return out
 
     def _layout(self, layer, f, conv_path, conv, bn, weight, stats, source, contrib, report_layers) -> dict:
