@@ -79,6 +79,9 @@ def _describe(module: nn.Module, spec: ModelSpec, info: dict) -> LoadedModel:
     # the first 4-D weight is the first conv's (works for TorchScript modules too, whose children aren't nn.Conv2d)
     first_conv = next((p for p in module.parameters() if p.dim() == 4), None)
     channels = spec.channels or (first_conv.shape[1] if first_conv is not None else 3)
+    if spec.channels and first_conv is not None and first_conv.shape[1] != spec.channels:
+        raise SpecError("model.channels", f"is {spec.channels} but the model's first conv takes "
+                                          f"{first_conv.shape[1]} channels; remove the key or fix the model")
     if channels not in (1, 3):
         raise ModelError(f"the model's first conv takes {channels} channels; reportgen feeds 1 or 3 (set model.channels)")
     input_size = spec.input_size or info.get("input_size") or 224

@@ -149,8 +149,8 @@ def record(model: nn.Module, normalize, dataset: Dataset, indices: np.ndarray, l
                                          num_workers=workers, collate_fn=collate,
                                          pin_memory=device.startswith("cuda"))
     pred_index, preds, probs, skipped = [], [], {}, []
-    bar = tqdm(total=len(indices), unit="img", desc="dataset pass", disable=not progress, leave=False)
-    with recording_hooks(model, list(layers), on_output), torch.inference_mode():
+    with tqdm(total=len(indices), unit="img", desc="dataset pass", disable=not progress, leave=False) as bar, \
+            recording_hooks(model, list(layers), on_output), torch.inference_mode():
         for idx_t, imgs, bad in loader:
             skipped += bad
             if bad:  # unreadable images are not counted in class means
@@ -167,7 +167,6 @@ def record(model: nn.Module, normalize, dataset: Dataset, indices: np.ndarray, l
                     if i in samples:
                         probs[i] = p[row].numpy()
             bar.update(len(idx_t) + len(bad))
-    bar.close()
     pen = ev.pop(PENULTIMATE, None)
     evidence = Evidence(ev, np.concatenate(pred_index) if pred_index else np.zeros(0, np.int64),
                         np.concatenate(preds) if preds else np.zeros(0, np.int64), probs, sorted(skipped))
