@@ -1,0 +1,15 @@
+"""Attribution: which pixels of an image a prediction (or a filter's strongest unit) rests on.
+
+Every method takes the model (eval mode), a normalized batch x (B, C, H, W) and a target (B,)
+of class indices, and returns raw float32 maps (B, H, W) at input resolution; the renderer
+scales them. One method per module; `_common.py` holds the shared mechanics.
+"""
+
+from .gradcam import grad_cam
+from .guided import guided_backprop, guided_backprop_unit, guided_grad_cam
+from .occlusion import occlusion
+from .saliency import saliency
+from .sanity import randomized_copy, randomized_similarity
+
+__all__ = ["occlusion", "saliency", "grad_cam", "guided_backprop", "guided_grad_cam",
+           "guided_backprop_unit", "randomized_similarity", "randomized_copy"]
