@@ -27,6 +27,8 @@ from markupsafe import Markup
 from .record import PENULTIMATE
 from .render import plots
 from .render.pages import Pages
+from .render import images as im
+from .sections import attribution as attr
 from .sections.embedding import EmbeddingSection
 from .sections.circuits import CircuitSection, expand_layers
 from .render.provenance import provenance
@@ -153,7 +155,8 @@ def receptive_fields(job: Job) -> dict:
 def _json_only(value):
     """The report without page-only parts (Bokeh script/div, the explorer's page sections)."""
     if isinstance(value, dict):
-        return {k: _json_only(v) for k, v in value.items() if k not in ("script", "div", "explorer")}
+        return {k: _json_only(v) for k, v in value.items()
+                if k not in ("script", "div", "explorer", "attribution_page")}
     if isinstance(value, list):
         return [_json_only(v) for v in value]
     return value
@@ -170,6 +173,7 @@ def build(spec: Spec, out: Path | None = None, use_cache: bool = True, progress:
         f"({len(job.indices)} of {job.dataset.size} images), device {job.device}")
     evidence = record_evidence(job, progress)
     rfs = receptive_fields(job)
+    attribution = attr.compute(job) if spec.attribution.enabled else None
 
     def render(writer):
         pages = Pages(job, evidence, writer, rfs)
@@ -191,17 +195,36 @@ def build(spec: Spec, out: Path | None = None, use_cache: bool = True, progress:
             section["embedding"] = _json_only(section["explorer"]["explorers"]) if section["explorer"] else None
         overview_explorer = explorers.section(PENULTIMATE, "penultimate", ["tsne"], 0)
         bokeh = (lambda depth: Markup(plots.script_tags(explorers.scripts, depth))) if explorers.scripts else None
+        attribution_page = attr.layout(job, attribution, pages, writer) if attribution else None
+        if spec.attribution.enabled:
+            for layer, section in zip(job.layers, layer_sections):
+                if len(layer.output_shape) != 3:
+                    continue
+                e = evidence.layers[layer.path]
+                maps = attr.guided_unit_maps(job, layer, layer.filters, e.top.index)
+                for f in section["filters"]:
+                    f["guided_backprop"] = [
+                        {"dataset_index": int(i), "image": writer.image(
+                            f"layers/{layer.slug}/img/f{f['index']}_gb{n}.png",
+                            im.colorize(im.normalize01(m), "inferno"))}
+                        for n, (i, m) in enumerate(zip(e.top.index[:, f["index"]], maps[f["index"]]))]
         report = {"title": spec.title, "seed": spec.seed, "reportgen_version": __version__,
                   "model": pages.model_section(), "dataset": pages.dataset_section(),
                   "accuracy": pages.accuracy(), "samples": pages.samples_section(),
                   "layers": layer_sections,
                   "first_layer_filters": circuits.first_layer_filters() if circuits else None,
                   "explorer": overview_explorer,
+                  "attribution_page": attribution_page,
+                  "attribution": attribution_page["records"] if attribution_page else [],
                   "embedding": _json_only(overview_explorer["explorers"]) if overview_explorer else None,
                   "provenance": provenance(spec, out, job.model.sha256, job.dataset.fingerprint),
-                  "nav_extra": [{"title": "How this was built", "page": "build.html"}]}
+                  "nav_extra": ([{"title": "Attribution", "page": "attribution.html"}] if attribution_page else [])
+                  + [{"title": "How this was built", "page": "build.html"}]}
         writer.copy_static()
         writer.page("index.html", "index.html", report=report, crumbs=[], bokeh=bokeh(0) if bokeh else "")
+        if attribution_page:
+            writer.page("attribution.html", "attribution.html", report=report,
+                        crumbs=[{"title": "Attribution", "page": None}])
         writer.page("build.html", "build.html", report=report, crumbs=[{"title": "How this was built", "page": None}])
         for layer in report["layers"]:
             writer.page(layer["page"], "layer.html", report=report, layer=layer, bokeh=bokeh(2) if bokeh else "",
