@@ -29,6 +29,7 @@ from .render import plots
 from .render.pages import Pages
 from .render import images as im
 from .sections import attribution as attr
+from .sections import featvis
 from .sections.embedding import EmbeddingSection
 from .sections.circuits import CircuitSection, expand_layers
 from .render.provenance import provenance
@@ -173,11 +174,13 @@ def build(spec: Spec, out: Path | None = None, use_cache: bool = True, progress:
         f"({len(job.indices)} of {job.dataset.size} images), device {job.device}")
     evidence = record_evidence(job, progress)
     rfs = receptive_fields(job)
+    synthesized = featvis.compute(job) if spec.feature_vis.enabled else {}
     attribution = attr.compute(job) if spec.attribution.enabled else None
 
     def render(writer):
         pages = Pages(job, evidence, writer, rfs)
         layer_sections = [pages.layer_section(l) for l in job.layers]
+        class_models = featvis.layout(job, synthesized, writer, layer_sections)
         circuits = CircuitSection(job, evidence, pages, spec.circuit.top_n) if spec.circuit.enabled else None
         if circuits:
             for layer, section in zip(job.layers, layer_sections):
@@ -214,6 +217,7 @@ def build(spec: Spec, out: Path | None = None, use_cache: bool = True, progress:
                   "layers": layer_sections,
                   "first_layer_filters": circuits.first_layer_filters() if circuits else None,
                   "explorer": overview_explorer,
+                  "class_models": class_models,
                   "attribution_page": attribution_page,
                   "attribution": attribution_page["records"] if attribution_page else [],
                   "embedding": _json_only(overview_explorer["explorers"]) if overview_explorer else None,

@@ -95,7 +95,7 @@ class FeatureVisSpec(_Section):
     steps: int = Field(256, ge=1, le=10_000)
     lr: float = Field(0.05, gt=0)
     objective: Literal["channel", "neuron"] = "channel"
-    compare_plain: bool = True
+    compare_plain: bool = Field(False, description="also run the plain, unregularized ascent (doubles the cost)")
     classes: list[int] = Field(default_factory=lambda: [0, 1, 2, 3], description="class-model images on the overview")
 
 

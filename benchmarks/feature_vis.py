@@ -1,0 +1,137 @@
+"""Feature visualization: reportgen's batched `synthesize` vs torch-lucent's `render_vis`, one run, CPU.
+
+    python benchmarks/feature_vis.py [--steps 64] [--size 128] [--filters 16] [--lucent-filters 2]
+                                     [--threads N] [--grid-steps 16] [--skip-grids]
+
+Same model (`vgg19(weights=None)`, seed 0), layer (block3_conv1 = `features.10`), steps and image size.
+reportgen renders `--filters` filters as one batch; lucent renders `--lucent-filters` of them one at a time
+with its defaults (Fourier + decorrelated parameterization, standard transforms, Adam lr 0.05, upsampling
+to 224 px, the whole network run). Goal: >= 5x less time per filter, mean final activation >= lucent's.
+
+Activation is measured the same way for both, on the final images as a page shows them (no warp):
+the mean of the channel after its ReLU (what lucent's `features_10` hook ends up holding, since VGG's
+in-place ReLU overwrites the conv output) and before it (reportgen's objective for layer `features.10`);
+at `--size` px, and at 224 px (lucent's own view: it upsamples before the model).
+Then the time of a 64-filter grid: the demo CNN's conv4 at 28 px (trained weights if
+`reportgen/demo/fashion_cnn.pt` exists) at `--steps`, and VGG19 block3_conv1 at 128 px measured over
+`--grid-steps` steps and scaled to `--steps` and to 256 (time is linear in steps).
+"""
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision
+
+from reportgen.analyses.featvis import synthesize
+
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+DEMO_WEIGHTS = Path(__file__).resolve().parents[1] / "reportgen" / "demo" / "fashion_cnn.pt"
+
+
+def timed(fn):
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def vgg19() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torchvision.models.vgg19(weights=None).eval()
+
+
+def block3_conv1(model: torch.nn.Module, images: np.ndarray, channels: list[int], size: int) -> dict:
+    """Mean of each image's channel of features.10, before and after ReLU, with the images at `size` px."""
+    x = torch.from_numpy(images).float().permute(0, 3, 1, 2) / 255                # (N, 3, H, W)
+    if x.shape[-1] != size:
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+    x = (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        conv = model.features[10](model.features[:10](x))                     # (N, 256, h, w), no ReLU
+    picked = conv[torch.arange(len(channels)), torch.tensor(channels)]            # (N, h, w)
+    return {"pre": picked.mean((1, 2)).numpy(), "post": picked.relu().mean((1, 2)).numpy()}
+
+
+def run_lucent(model: torch.nn.Module, channels: list[int], steps: int, size: int) -> np.ndarray:
+    from lucent.optvis import param, render
+
+    images = []
+    for ch in channels:
+        torch.manual_seed(ch)
+        out = render.render_vis(model, f"features_10:{ch}", param_f=lambda: param.image(size),
+                                thresholds=(steps,), show_image=False, progress=False)
+        images.append(np.round(np.clip(out[0][0], 0, 1) * 255).astype(np.uint8))  # (H, W, 3)
+    return np.stack(images)
+
+
+def compare(args: argparse.Namespace) -> None:
+    model = vgg19()
+    channels = list(range(args.filters))
+    ours, wall, cpu = timed(lambda: synthesize(model, "features.10", channels, in_channels=3,
+                                               mean=IMAGENET_MEAN, std=IMAGENET_STD, size=args.size,
+                                               steps=args.steps, seed=0))
+    lucent_channels = channels[:args.lucent_filters]
+    lucent_images, lwall, lcpu = timed(lambda: run_lucent(model, lucent_channels, args.steps, args.size))
+
+    per_ours, per_lucent = wall / len(channels), lwall / len(lucent_channels)
+    print(f"VGG19 block3_conv1 (features.10), {args.steps} steps, {args.size} px, "
+          f"{torch.get_num_threads()} torch threads")
+    print(f"  reportgen, {len(channels)} filters batched: {wall:7.1f} s wall ({cpu:7.1f} s CPU), "
+          f"{per_ours:6.2f} s per filter")
+    print(f"  lucent, {len(lucent_channels)} filters one by one: {lwall:7.1f} s wall ({lcpu:7.1f} s CPU), "
+          f"{per_lucent:6.2f} s per filter")
+    print(f"  speed-up per filter: {per_lucent / per_ours:.1f}x wall, "
+          f"{(lcpu / len(lucent_channels)) / (cpu / len(channels)):.1f}x CPU  (goal >= 5x)")
+    k = len(lucent_channels)
+    for size in (args.size, 224):
+        mine = block3_conv1(model, ours.images, channels, size)
+        theirs = block3_conv1(model, lucent_images, lucent_channels, size)
+        for kind in ("post", "pre"):
+            print(f"  mean activation, {'after' if kind == 'post' else 'before'} ReLU, images at {size} px: "
+                  f"reportgen {mine[kind][:k].mean():.4f} (all {len(channels)}: {mine[kind].mean():.4f}), "
+                  f"lucent {theirs[kind].mean():.4f}  ratio {mine[kind][:k].mean() / theirs[kind].mean():.2f}")
+
+
+def grids(args: argparse.Namespace) -> None:
+    from reportgen.demo.fashion_cnn import build
+
+    demo = build()
+    trained = DEMO_WEIGHTS.exists()
+    if trained:
+        demo.load_state_dict(torch.load(DEMO_WEIGHTS, map_location="cpu", weights_only=True))
+    demo.eval()
+    _, wall, cpu = timed(lambda: synthesize(demo, "features.conv4", range(64), in_channels=1, mean=[0.2860],
+                                            std=[0.3530], size=28, steps=args.steps))
+    print(f"64-filter grid, demo CNN ({'trained' if trained else 'random weights'}) features.conv4, 28 px, "
+          f"{args.steps} steps: {wall:.1f} s wall ({cpu:.1f} s CPU); x{256 / args.steps:.0f} for 256 steps")
+    model = vgg19()
+    _, wall, cpu = timed(lambda: synthesize(model, "features.10", range(64), in_channels=3, mean=IMAGENET_MEAN,
+                                            std=IMAGENET_STD, size=128, steps=args.grid_steps))
+    per_step = wall / args.grid_steps
+    print(f"64-filter grid, VGG19 block3_conv1, 128 px: {wall:.1f} s wall ({cpu:.1f} s CPU) for "
+          f"{args.grid_steps} steps = {per_step:.2f} s/step -> {per_step * args.steps:.0f} s for "
+          f"{args.steps} steps, {per_step * 256:.0f} s for 256")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=64)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--filters", type=int, default=16)
+    parser.add_argument("--lucent-filters", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--grid-steps", type=int, default=16)
+    parser.add_argument("--skip-grids", action="store_true")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    compare(args)
+    if not args.skip_grids:
+        grids(args)
+
+
+if __name__ == "__main__":
+    main()

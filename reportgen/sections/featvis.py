@@ -1,0 +1,96 @@
+"""Synthesized images: each spec filter's "what it wants to see" (regularized gradient ascent, batched
+across filters), optionally the plain ascent beside it, and class-model images for the overview.
+"""
+
+import numpy as np
+from tqdm import tqdm
+
+from ..analyses.featvis import synthesize
+from ..render import images as im
+
+FEATVIS_VERSION = "featvis-1"
+CURVE_POINTS = 48   # the activation curve is stored and drawn at this many steps
+
+
+def _settings(job) -> dict:
+    s = job.spec.feature_vis
+    return {"size": s.size or job.model.input_size, "steps": s.steps, "lr": s.lr, "objective": s.objective}
+
+
+def _run(job, layer_path, units, objective, regularize, label) -> dict:
+    """Cached synthesis of `units`, split across ranks in whole batches (each unit's image depends only on
+    (seed, unit), so a split run equals a single-process one)."""
+    st = _settings(job)
+    key = job.key(FEATVIS_VERSION, layer_path, list(units), st | {"objective": objective}, regularize, job.spec.seed)
+    hit = job.cache.load("featvis", key)
+    if hit is not None:
+        return hit
+    batch = 64 if job.device == "cpu" else 256
+    mine = job.group.shard_list(list(units), batch)
+    parts = {}
+    if mine:
+        with tqdm(total=len(mine) * st["steps"], unit="img·step", desc=label, leave=False,
+                  disable=not job.group.is_main) as bar:
+            res = synthesize(job.model.module, layer_path, mine, in_channels=job.model.channels,
+                             mean=job.model.mean, std=job.model.std, size=st["size"], steps=st["steps"], lr=st["lr"],
+                             seed=job.spec.seed, objective=objective, regularize=regularize, batch_size=batch,
+                             device=job.device, progress=bar.update)
+        parts = {int(u): (res.images[n], float(res.activation[n]), res.curve[n]) for n, u in enumerate(res.units)}
+    merged = {}
+    for p in job.group.all_gather(parts):
+        merged.update(p)
+    out = {"units": np.array(units, np.int64), "images": np.stack([merged[u][0] for u in units]),
+           "activation": np.array([merged[u][1] for u in units], np.float64),
+           "curve": np.stack([merged[u][2] for u in units])}
+    job.cache.save("featvis", key, out)
+    return out
+
+
+def compute(job) -> dict:
+    """{layer path: result} for every spec layer, plus 'plain:' results and the class-model images."""
+    s = job.spec.feature_vis
+    out = {}
+    for layer in job.layers:
+        objective = s.objective if len(layer.output_shape) == 3 else "channel"
+        out[layer.path] = _run(job, layer.path, layer.filters, objective, True, f"synthesis {layer.name}")
+        if s.compare_plain:
+            out["plain:" + layer.path] = _run(job, layer.path, layer.filters, objective, False, f"plain {layer.name}")
+    classes = [c for c in s.classes if 0 <= c < len(job.model.classes)]
+    if classes:
+        out["(classes)"] = _run(job, None, classes, "logit", True, "class models")
+    return out
+
+
+def _curve(values: np.ndarray) -> dict:
+    pick = np.unique(np.linspace(0, len(values) - 1, min(CURVE_POINTS, len(values))).round().astype(int))
+    v = values[pick]
+    lo, hi = float(v.min()), float(v.max())
+    span = hi - lo or 1.0
+    pts = " ".join(f"{100 * i / max(len(v) - 1, 1):.1f},{40 - 38 * (x - lo) / span:.1f}" for i, x in enumerate(v))
+    return {"steps": [int(p) + 1 for p in pick], "values": [float(f"{x:.4g}") for x in v], "svg": pts,
+            "min": float(f"{lo:.4g}"), "max": float(f"{hi:.4g}")}
+
+
+def layout(job, results: dict, writer, layer_sections) -> list[dict]:
+    """Attach `feature_vis` to every filter section; return the class-model images for the overview."""
+    st = _settings(job)
+    for layer, section in zip(job.layers, layer_sections):
+        res, plain = results.get(layer.path), results.get("plain:" + layer.path)
+        if res is None:
+            continue
+        for n, f in enumerate(section["filters"]):
+            fv = {"image": writer.image(f"layers/{layer.slug}/img/f{f['index']}_vis.png", res["images"][n]),
+                  "activation": float(f"{res['activation'][n]:.4g}"), "steps": st["steps"], "size": st["size"],
+                  "objective": st["objective"] if len(layer.output_shape) == 3 else "channel",
+                  "curve": _curve(res["curve"][n]), "plain": None}
+            if plain is not None:
+                fv["plain"] = {"image": writer.image(f"layers/{layer.slug}/img/f{f['index']}_plain.png",
+                                                     plain["images"][n]),
+                               "activation": float(f"{plain['activation'][n]:.4g}")}
+            f["feature_vis"] = fv
+    classes = results.get("(classes)")
+    if classes is None:
+        return []
+    return [{"label": int(c), "class": job.model.classes[int(c)], "activation": float(f"{a:.4g}"),
+             "image": writer.image(f"img/class_{int(c)}.png", img)}
+            for c, a, img in zip(classes["units"], classes["activation"], classes["images"])]

@@ -1,0 +1,332 @@
+"""Feature visualization: objectives rise, seeds reproduce, batching changes nothing, hooks never leak.
+
+Models are the seeded tiny nets of `tests/helpers/featvis_models.py` at 24 px, 40 steps (a second or less
+per call), plus torchvision's resnet18 (random weights) to exercise truncation on a residual model.
+Reference values come from running the models directly (plain forward passes, `torch.fft`, numpy),
+never from the code under test.
+"""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+
+from reportgen.analyses.featvis import RandomAffine, fourier_image, pixel_image, synthesize
+from reportgen.analyses.featvis.hooks import frozen, truncated_model
+from reportgen.analyses.featvis.objectives import diversity_penalty
+from reportgen.analyses.featvis.param import frequency_scale
+from reportgen.errors import ModelError, SpecError
+from tests.helpers.featvis_models import conv_net
+
+SIZE, STEPS = 24, 40
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # The tiny models are faster on one thread, and one thread keeps the suite's timing stable on a busy machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def norm(channels: int) -> dict:
+    return dict(in_channels=channels, mean=[0.5] * channels, std=[0.25] * channels)
+
+
+def run(model, layer, units, channels=3, **kw):
+    return synthesize(model, layer, units, **norm(channels), **{"size": SIZE, "steps": STEPS, **kw})
+
+
+def direct_objective(model, layer, objective, images_uint8, units, channels):
+    """The objective recomputed with an ordinary forward hook (a clone, before any in-place op) on the images."""
+    x = torch.from_numpy(images_uint8).float().permute(0, 3, 1, 2) / 255
+    x = (x - 0.5) / 0.25
+    kept = {}
+    if layer is None:
+        handle = None
+    else:
+        module = dict(model.named_modules())[layer]
+        handle = module.register_forward_hook(lambda m, i, o: kept.update(out=o.clone()))  # returns None
+    with torch.no_grad():
+        out = model(x)
+    if handle:
+        handle.remove()
+    acts = kept.get("out", out)
+    idx = torch.arange(len(units))
+    picked = acts[idx, torch.tensor(units)]
+    if objective == "neuron":
+        return picked[:, picked.shape[1] // 2, picked.shape[2] // 2].numpy()
+    return picked.reshape(len(units), -1).mean(1).numpy()
+
+
+CASES = [("conv2", "channel"), ("relu2", "channel"), ("conv2", "neuron"), (None, "logit")]
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+@pytest.mark.parametrize("layer,objective", CASES)
+def test_optimization_raises_objective_far_above_random_images(layer, objective, channels):
+    model = conv_net(channels)
+    units = [0, 1, 2, 3, 4]
+    result = run(model, layer, units, channels, objective=objective)
+    noise = (torch.rand(64, SIZE, SIZE, channels, generator=torch.Generator().manual_seed(5)) * 255).byte()
+    random = np.stack([direct_objective(model, layer, objective, noise.numpy(), [u] * 64, channels)
+                       for u in units])                                                          # (units, 64)
+    best_random, typical = random.max(1), np.median(random, 1)
+    assert (result.activation > best_random).all()
+    # "well above": the optimized images gain at least twice what the luckiest of 64 noise images gain.
+    assert (result.activation - typical).mean() > 2 * (best_random - typical).mean()
+    # The reported activation is the objective of the returned (uint8) image, unwarped.
+    direct = direct_objective(model, layer, objective, result.images, units, channels)
+    np.testing.assert_allclose(result.activation, direct, rtol=1e-4, atol=1e-5)
+    assert result.images.shape == (5, SIZE, SIZE, channels) and result.images.dtype == np.uint8
+    assert result.curve.shape == (5, STEPS)
+    np.testing.assert_array_equal(result.units, units)
+
+
+def test_a_relu_that_is_off_on_the_starting_image_still_turns_on():
+    # Shift conv2's biases so relu2 is zero everywhere on the grey image the optimization starts from:
+    # the ReLU's output has no gradient there, so only climbing its input can get it going.
+    model = conv_net(3)
+    units = [0, 1, 2, 3]
+    with torch.no_grad():
+        on_grey = model[:4](torch.zeros(1, 3, SIZE, SIZE))[0]                    # conv2 output (8, 12, 12)
+        model.conv2.bias -= on_grey.flatten(1).max(1).values + 0.1
+    grey = np.full((1, SIZE, SIZE, 3), 128, np.uint8)
+    assert all(direct_objective(model, "relu2", "channel", grey, [u], 3)[0] == 0 for u in units)
+    result = run(model, "relu2", units)
+    noise = (torch.rand(64, SIZE, SIZE, 3, generator=torch.Generator().manual_seed(5)) * 255).byte().numpy()
+    best_random = [direct_objective(model, "relu2", "channel", noise, [u] * 64, 3).max() for u in units]
+    assert (result.activation > best_random).all()
+
+
+def test_plain_ascent_also_rises_but_is_noisier():
+    model = conv_net(3)
+    smooth = run(model, "conv2", range(8))
+    plain = run(model, "conv2", range(8), regularize=False)
+    assert (plain.curve[:, -1] > plain.curve[:, 0]).all()
+    assert (plain.curve[:, -1] - plain.curve[:, 0]).mean() > 0.2
+
+    def roughness(images):  # mean |difference| between horizontally adjacent pixels
+        return np.abs(np.diff(images.astype(float), axis=2)).mean()
+
+    assert roughness(plain.images) > 2 * roughness(smooth.images)
+
+
+def test_same_seed_gives_identical_images_and_another_seed_does_not():
+    model = conv_net(3)
+    a, b = run(model, "conv2", [1, 3], seed=7), run(model, "conv2", [1, 3], seed=7)
+    assert a.images.tobytes() == b.images.tobytes()
+    np.testing.assert_array_equal(a.curve, b.curve)
+    c = run(model, "conv2", [1, 3], seed=8)
+    assert np.abs(a.images.astype(int) - c.images.astype(int)).mean() > 5
+
+
+@pytest.mark.parametrize("channels,layer,objective", [(3, "conv2", "channel"), (1, "conv2", "channel"),
+                                                      (3, "relu2", "neuron"), (1, None, "logit")])
+def test_batched_and_one_at_a_time_agree(channels, layer, objective):
+    model = conv_net(channels)
+    units = [4, 0, 2, 2, 1]
+    batched = run(model, layer, units, channels, objective=objective)
+    alone = [run(model, layer, [u], channels, objective=objective) for u in units]
+    chunked = run(model, layer, units, channels, objective=objective, batch_size=2)
+    single_images = np.concatenate([r.images for r in alone])
+    # Different batch shapes round differently in the convolutions; Adam can amplify that a little.
+    assert np.abs(batched.images.astype(int) - single_images.astype(int)).mean() < 2
+    np.testing.assert_allclose(batched.activation, [r.activation[0] for r in alone], rtol=0.01, atol=1e-3)
+    np.testing.assert_allclose(batched.activation, chunked.activation, rtol=0.01, atol=1e-3)
+    assert batched.images[2].tobytes() == batched.images[3].tobytes()   # same unit, same seed
+
+
+def test_one_channel_images_are_grey_and_three_channel_ones_are_not():
+    grey = run(conv_net(1), "conv2", [0, 1], channels=1)
+    colour = run(conv_net(3), "conv2", [0, 1])
+    assert grey.images.shape == (2, SIZE, SIZE, 1)
+    assert colour.images.shape == (2, SIZE, SIZE, 3)
+    # the colour model's filters are not grey, so its images are not grey either
+    assert np.abs(np.diff(colour.images.astype(int), axis=3)).mean() > 5
+
+
+def test_variants_with_diversity_differ_more():
+    model = conv_net(3)
+    kw = dict(variants=3, steps=60)
+    plain = run(model, "relu2", [1, 2], **kw)
+    diverse = run(model, "relu2", [1, 2], diversity=1.0, **kw)
+    assert diverse.images.shape == (6, SIZE, SIZE, 3)
+    np.testing.assert_array_equal(diverse.units, [1, 1, 1, 2, 2, 2])
+
+    def gram_similarity(result):
+        x = torch.from_numpy(result.images).float().permute(0, 3, 1, 2) / 255
+        with torch.no_grad():
+            acts = model[:5]((x - 0.5) / 0.25)                                 # relu2's output
+        return diversity_penalty(acts, 3).mean().item()
+
+    assert gram_similarity(diverse) < gram_similarity(plain) - 0.02
+    # ... at a small cost in the objective (the penalty is weighted relative to it)
+    assert diverse.activation.mean() > 0.8 * plain.activation.mean()
+
+
+def test_diversity_penalty_matches_numpy():
+    acts = torch.randn(6, 4, 5, 5, generator=torch.Generator().manual_seed(0))
+    a = acts.numpy().reshape(6, 4, 25)
+    grams = np.einsum("nkl,njl->nkj", a, a).reshape(6, -1)
+    grams /= np.linalg.norm(grams, axis=1, keepdims=True)
+    expected = []
+    for i in range(6):
+        group = range(i // 3 * 3, i // 3 * 3 + 3)
+        expected.append(np.mean([grams[i] @ grams[j] for j in group if j != i]))
+    np.testing.assert_allclose(diversity_penalty(acts, 3).numpy(), expected, rtol=1e-5)
+
+
+def test_truncation_stops_the_forward_and_captures_before_inplace_relu():
+    model = conv_net(3)
+    x = torch.randn(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        expected = model.conv2(model.pool1(model.relu1(model.conv1(x))))    # before relu2 (in place)
+    with truncated_model(model, "conv2") as truncated:
+        got = truncated(x)
+    assert model.after.calls == 0                                           # nothing after conv2 ran
+    torch.testing.assert_close(got, expected)
+    assert (got < 0).any()                                                   # relu2 did not overwrite it
+
+
+def test_truncation_on_a_residual_model_matches_a_full_forward():
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    x = torch.randn(2, 3, 32, 32)
+    kept = {}
+    handle = model.layer2[0].register_forward_hook(lambda m, i, o: kept.update(out=o.clone()))
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    with torch.no_grad(), truncated_model(model, "layer2.0") as truncated:
+        torch.testing.assert_close(truncated(x), kept["out"])
+    result = synthesize(model, "layer2.0.conv1", [3, 9], **norm(3), size=32, steps=3)
+    assert result.images.shape == (2, 32, 32, 3)
+
+
+def hooks_left(model):
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def test_no_hook_remains_and_model_state_is_restored_even_on_error():
+    model = conv_net(3)
+    model.train()
+    model.conv1.weight.requires_grad_(True)
+    model.fc.weight.requires_grad_(False)
+    run(model, "relu2", [0], steps=2)
+    with pytest.raises(ModelError, match="layer 'conv2' has 8 channels; unit 8 is out of range"):
+        run(model, "conv2", [0, 8], steps=2)
+    with pytest.raises(ModelError, match="Invalid layer 'nope'"):
+        run(model, "nope", [0], steps=2)
+    assert hooks_left(model) == 0
+    assert all(m.training for m in model.modules())
+    assert model.conv1.weight.requires_grad and not model.fc.weight.requires_grad
+
+
+def test_frozen_switches_to_eval_without_weight_gradients():
+    model = conv_net(3).train()
+    with frozen(model):
+        assert not any(m.training for m in model.modules())
+        assert not any(p.requires_grad for p in model.parameters())
+    assert all(m.training for m in model.modules())
+
+
+def test_argument_errors_name_the_argument():
+    model = conv_net(3)
+    with pytest.raises(SpecError, match="objective: 'max' is not one of 'channel', 'neuron', 'logit'"):
+        run(model, "conv2", [0], objective="max")
+    with pytest.raises(SpecError, match=r"mean: mean and std need one value per input channel \(3\)"):
+        synthesize(model, "conv2", [0], in_channels=3, mean=[0.5], std=[0.25])
+    with pytest.raises(SpecError, match="seed: must be at least 0; got -1"):
+        run(model, "conv2", [0], seed=-1)
+    with pytest.raises(SpecError, match="diversity: a diversity term needs at least 2 variants"):
+        run(model, "conv2", [0], diversity=1.0)
+    with pytest.raises(ModelError, match="the 'logit' objective needs \\(N, classes\\) outputs"):
+        run(model, "conv2", [0], objective="logit", steps=1)
+
+
+def test_no_units_give_an_empty_result():
+    result = run(conv_net(1), "conv2", [], channels=1)
+    assert result.images.shape == (0, SIZE, SIZE, 1) and result.curve.shape == (0, STEPS)
+    assert result.activation.shape == (0,) and result.units.shape == (0,)
+
+
+def test_progress_counts_every_image_step():
+    seen = []
+    run(conv_net(3), "conv2", range(5), steps=3, batch_size=2, progress=seen.append)
+    assert seen == [2] * 3 + [2] * 3 + [1] * 3
+
+
+def test_fourier_image_is_grey_at_zero_and_valid_everywhere():
+    gens = [torch.Generator().manual_seed(i) for i in range(2)]
+    param = fourier_image(gens, 3, 16)
+    with torch.no_grad():
+        param.params[0].zero_()
+        torch.testing.assert_close(param.image(), torch.full((2, 3, 16, 16), 0.5))
+        param.params[0].normal_(0, 100)
+        image = param.image()
+    assert image.min() >= 0 and image.max() <= 1
+
+
+def test_fourier_image_follows_its_spectrum():
+    # One coefficient, one channel, no colour mixing: the logit image is a cosine of that frequency.
+    param = fourier_image([torch.Generator()], 1, 16, decorrelate=False, gain=1.0)
+    with torch.no_grad():
+        param.params[0].zero_()
+        param.params[0][0, 0, 0, 2, 0] = 1.0                                  # real part, fx = 2/16
+        logits = torch.logit(param.image()[0, 0].double())
+    scale = frequency_scale(16)[0, 2].item()
+    expected = np.fft.irfft2(np.pad([[1.0]], ((0, 15), (2, 6))) * scale, s=(16, 16), norm="ortho")
+    np.testing.assert_allclose(logits.numpy(), expected, atol=1e-4)
+    assert scale > frequency_scale(16)[0, 6].item()                          # low frequencies weigh more
+
+
+def test_pixel_image_stays_in_range_after_projection():
+    param = pixel_image([torch.Generator()], 1, 8)
+    with torch.no_grad():
+        param.params[0].add_(3.0)
+    param.project()
+    assert param.image().max() == 1.0
+
+
+def test_random_affine_identity():
+    image = torch.randn(1, 2, 16, 16)
+    same = RandomAffine(translate=0.0, scale=(1.0, 1.0), degrees=0.0)(image, [torch.Generator()])
+    torch.testing.assert_close(same, image, atol=1e-5, rtol=0)
+
+
+def test_random_affine_shifts_by_the_drawn_amount_and_fills_with_zero():
+    ramp = torch.arange(16.0).expand(1, 1, 16, 16)                           # value = column index
+    warp = RandomAffine(translate=0.25, scale=(1.0, 1.0), degrees=0.0)
+    seed = next(s for s in range(100) if abs(warp.matrices([torch.Generator().manual_seed(s)])[0, 0, 2]) > 0.2)
+    theta = warp.matrices([torch.Generator().manual_seed(seed)])[0]
+    torch.testing.assert_close(theta[:, :2], torch.eye(2))
+    shift, shift_y = theta[:, 2].tolist()
+    shift, shift_y = shift * 16 / 2, shift_y * 16 / 2                        # in pixels, at most 4
+    assert 0.8 < abs(shift) <= 4 and abs(shift_y) <= 4
+    out = warp(ramp, [torch.Generator().manual_seed(seed)])[0, 0]
+    rows = [r for r in range(16) if 0 <= r + shift_y <= 15]
+    inside = [c for c in range(16) if 0 <= c + shift <= 15]
+    outside = [c for c in range(16) if not -1 < c + shift < 16]
+    np.testing.assert_allclose(out[rows][:, inside].numpy(),
+                               np.broadcast_to(np.add(inside, shift), (len(rows), len(inside))), atol=1e-4)
+    assert outside and (out[:, outside] == 0).all()
+
+
+def test_random_affine_rotations_and_zooms_stay_in_range():
+    warp = RandomAffine(translate=0.0, scale=(0.8, 1.25), degrees=20.0)
+    theta = warp.matrices([torch.Generator().manual_seed(s) for s in range(200)])[:, :, :2]   # (200, 2, 2)
+    zoom = 1 / theta[:, 0].norm(dim=1)
+    angle = torch.rad2deg(torch.atan2(theta[:, 1, 0], theta[:, 0, 0]))
+    assert zoom.min() >= 0.8 - 1e-5 and zoom.max() <= 1.25 + 1e-5 and zoom.max() - zoom.min() > 0.3
+    assert angle.abs().max() <= 20 + 1e-4 and angle.abs().max() > 15
+    torch.testing.assert_close(theta[:, 0, 0], theta[:, 1, 1])               # a rotation times a zoom
+
+
+def test_random_affine_draws_do_not_depend_on_batch_neighbours():
+    warp = RandomAffine()
+    alone = warp.matrices([torch.Generator().manual_seed(3)])
+    together = warp.matrices([torch.Generator().manual_seed(s) for s in (1, 3, 2)])
+    torch.testing.assert_close(together[1], alone[0])
