@@ -19,6 +19,8 @@ WARN_BYTES = 50 * 1024 * 1024
 _MAIN = re.compile(r"<main>(.*?)</main>", re.S)
 _SCRIPTS = re.compile(r"<script\b[^>]*>.*?</script>", re.S)
 _ATTR = re.compile(r'(src|href)="([^"#:]*)(#[^"]*)?"')
+_ID = re.compile(r'(?<![\w-])id="([^"]+)"')
+_SPRITE = re.compile(r"(?:\.\./)*img/sprite\.webp")
 
 
 def page_id(rel: str) -> str:
@@ -38,32 +40,38 @@ def bundle(site: Path, out: Path) -> int:
     pages.insert(0, "index.html")
     head_scripts: dict[str, str] = {}
     sections, page_scripts = [], []
+    htmls = {rel: (site / rel).read_text(encoding="utf-8") for rel in pages}
+    seen: dict[str, int] = {}
+    for html in htmls.values():
+        for i in set(_ID.findall(_MAIN.search(html).group(1))):
+            seen[i] = seen.get(i, 0) + 1
+    shared = {i for i, n in seen.items() if n > 1}   # e.g. section headings: made unique per page
+    sprite = site / "img" / "sprite.webp"
+    sprite_uri = _data_uri(sprite) if sprite.is_file() else None
     for rel in pages:
-        html = (site / rel).read_text(encoding="utf-8")
+        html = htmls[rel]
         base = posixpath.dirname(rel)
         for tag in re.findall(r'<script src="([^"]+)"></script>', html):   # shared libraries (BokehJS), once
             target = posixpath.normpath(posixpath.join(base, tag))
             head_scripts.setdefault(target, (site / target).read_text(encoding="utf-8"))
         body = _MAIN.search(html).group(1)
-        body = body.replace('id="', f'id="{page_id(rel)}-')  # ids unique across sections
-        body = body.replace('href="#', f'href="#{page_id(rel)}-')
+        pid = page_id(rel)
 
-        def rewrite(m, base=base):
-            attr, target, frag = m.group(1), m.group(2), m.group(3) or ""
-            full = posixpath.normpath(posixpath.join(base, target))
-            if target.endswith(".html"):
-                return f'href="#{page_id(full)}"'
-            if (site / full).is_file() and attr == "src":
-                return f'src="{_data_uri(site / full)}"'
-            if (site / full).is_file():
-                return f'href="{_data_uri(site / full)}"'
-            return m.group(0)
+        def unique(m, attr, pid=pid):
+            return f'{attr}="{pid}-{m.group(1)}"' if m.group(1) in shared else m.group(0)
+        body = _ID.sub(lambda m: unique(m, "id"), body)
+        body = re.sub(r'aria-labelledby="([^"]+)"', lambda m: unique(m, "aria-labelledby"), body)
+        body = re.sub(r'href="#([^"]+)"', lambda m, pid=pid: f'href="#{pid}-{m.group(1)}"'
+                      if m.group(1) in shared else m.group(0), body)
+        if sprite_uri:
+            body = _SPRITE.sub(sprite_uri, body)
+
         body = _ATTR.sub(rewrite, body)
         inline = [s for s in _SCRIPTS.findall(html.split("</main>", 1)[1] if "</main>" in html else "")
                   if "src=" not in s.split(">", 1)[0]]
-        page_scripts += [s.replace('id="', f'id="{page_id(rel)}-') for s in inline]
+        page_scripts += [_SPRITE.sub(sprite_uri, s) if sprite_uri else s for s in inline]
         title = re.search(r"<title>(.*?)</title>", html, re.S).group(1)
-        sections.append(f'<section class="page" id="{page_id(rel)}" data-title="{title}">{body}</section>')
+        sections.append(f'<section class="page" id="{pid}" data-title="{title}">{body}</section>')
     index = (site / "index.html").read_text(encoding="utf-8")
     css = (site / "static" / "style.css").read_text(encoding="utf-8")
     title = re.search(r"<title>(.*?)</title>", index, re.S).group(1)

@@ -270,14 +270,14 @@ const d = info.data;
 const p = src.data.pos[i];
 const esc = (t) => String(t).replace(/[&<>"']/g, (c) => ({'&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;'})[c]);
 const tile = (q) => '<figure class="rg-nn"><div role="img" aria-label="image ' + d.idx[q] + '" style="width:' + w + 'px;height:' + h
-  + 'px;background-image:url(' + JSON.stringify(url) + ');background-size:' + bw + 'px ' + bh + 'px;background-position:-'
+  + 'px;background-image:url(&quot;' + encodeURI(url) + '&quot;);background-size:' + bw + 'px ' + bh + 'px;background-position:-'
   + d.ox[q] + 'px -' + d.oy[q] + 'px;image-rendering:pixelated"></div><figcaption>#' + d.idx[q] + ' '
   + esc(names[d.lab[q]]) + '</figcaption></figure>';
 const near = [];
 for (let j = 0; j < k; j++) { near.push(d['nn' + j][p]); }
 const same = near.filter((q) => d.lab[q] === d.lab[p]).length;
 el.innerHTML = '<h3>Image #' + d.idx[p] + ': ' + esc(names[d.lab[p]]) + ' (predicted ' + esc(names[d.pred[p]]) + ')</h3>'
-  + '<div class="rg-nn-row">' + tile(p) + '</div><p>Its ' + k + ' nearest neighbours in this layer\'s feature space ('
+  + '<div class="rg-nn-row">' + tile(p) + '</div><p>Its ' + k + ' nearest neighbours in the feature space of this layer ('
   + same + ' of ' + k + ' of the same class):</p><div class="rg-nn-row">' + near.map(tile).join('') + '</div>';
 el.hidden = false;
 """

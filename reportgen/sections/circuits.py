@@ -19,6 +19,14 @@ def _hex(rgb) -> str:
     return "#{:02x}{:02x}{:02x}".format(*[int(v) for v in rgb])
 
 
+def _cell(v: float, peak: float) -> dict:
+    """A kernel cell: diverging colour on one shared scale, text colour by luminance (WCAG contrast ≥ 4.5)."""
+    rgb = im.colorize(np.array(0.5 + 0.5 * v / peak), "diverging")
+    lin = [(c / 255 / 12.92) if c / 255 <= 0.04045 else ((c / 255 + 0.055) / 1.055) ** 2.4 for c in rgb]
+    luminance = 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+    return {"text": f"{v:.2g}" if abs(v) >= 1e-3 else f"{v:.0e}", "bg": _hex(rgb), "dark": luminance < 0.179}
+
+
 def display_path(model: nn.Module, source) -> str | None:
     """The module to show for a traced channel: the nearest on its path that is not pooling/dropout
     (VGG's block3_conv1 reads block2_pool; its channels are block2_conv2's ReLU outputs)."""
@@ -122,8 +130,7 @@ class CircuitSection:
         channels = []
         for s in stats:
             rec = {k: (float(f"{v:.6g}") if isinstance(v, float) else v) for k, v in s.as_record().items()}
-            rows = [[{"text": f"{v:.2g}", "bg": _hex(im.colorize(np.array(0.5 + 0.5 * v / peak), "diverging")),
-                      "dark": abs(v) / peak > 0.6} for v in row] for row in s.kernel.tolist()]
+            rows = [[_cell(v, peak) for v in row] for row in s.kernel.tolist()]
             rec["kernel"] = rows
             rec["sources"] = self._source(source, s.channel, report_layers)   # several for a residual sum
             rec["source"] = rec["sources"][0] if rec["sources"] else None

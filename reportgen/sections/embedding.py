@@ -5,6 +5,7 @@ thumbnails, plus the nearest-neighbour panel (feature space vs pixel space) and 
 import re
 
 import numpy as np
+from bokeh.settings import settings as bokeh_settings
 from markupsafe import Markup
 from PIL import Image
 
@@ -16,6 +17,11 @@ EMBED_VERSION = "embed-1"
 THUMB_MAX = 64          # thumbnails larger than this are downscaled for the sprite sheet
 PIXEL_SPACE = 32        # images are compared in pixel space at this size (keeps 5k×224 px tractable)
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+# Bokeh's default "simple" ids count up across the process (two builds in one process would differ);
+# UUIDs are renumbered per plot by stable_ids, so every build writes the same bytes.
+bokeh_settings.simple_ids.set_value(False)
 
 
 def stable_ids(script: str, div: str, prefix: str) -> tuple[str, str]:
