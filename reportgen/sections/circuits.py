@@ -24,7 +24,7 @@ def _cell(v: float, peak: float) -> dict:
     rgb = im.colorize(np.array(0.5 + 0.5 * v / peak), "diverging")
     lin = [(c / 255 / 12.92) if c / 255 <= 0.04045 else ((c / 255 + 0.055) / 1.055) ** 2.4 for c in rgb]
     luminance = 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
-    return {"text": f"{v:.2g}" if abs(v) >= 1e-3 else f"{v:.0e}", "bg": _hex(rgb), "dark": luminance < 0.179}
+    return {"text": f"{v:.2g}" if abs(v) >= 1e-3 else f"{v:.0e}", "bg": _hex(rgb), "dark": bool(luminance < 0.179)}
 
 
 def display_path(model: nn.Module, source) -> str | None:
