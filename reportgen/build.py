@@ -52,6 +52,7 @@ class Job:
     cache: Cache
     log: object
     group: Group = SINGLE
+    progress: bool = True
 
     def key(self, *parts) -> str:
         """Cache key of a result that depends on the model, the images used and `parts`."""
@@ -170,6 +171,7 @@ def build(spec: Spec, out: Path | None = None, use_cache: bool = True, progress:
     out = Path(out) if out else spec.output
     log = log if group.is_main else (lambda *_: None)
     job = prepare(spec, use_cache, log, group)
+    job.progress = progress
     log(f"model {job.model.source}: {len(job.layers)} layers, dataset {job.dataset.format} "
         f"({len(job.indices)} of {job.dataset.size} images), device {job.device}")
     evidence = record_evidence(job, progress)

@@ -1,9 +1,9 @@
 """`--single-file`: the whole site as one self-contained .html (for uploading to a course site).
 
 Every page's <main> becomes a <section>; links between pages become #anchors (a few lines of script show
-one section at a time, like separate pages); every image, stylesheet and script is inlined (images as
-data URIs, each written once per file and referenced by CSS class would be smaller, but data URIs keep
-the file valid anywhere, e-mail clients and LMS previews included).
+one section at a time, like separate pages); every image, stylesheet and script is inlined. Each PNG is stored once, in a table a
+script copies into the <img> elements at load (a picture shown on many pages would otherwise be repeated);
+the explorers' sprite sheet sits inside each plot's data as a data URI.
 """
 
 import base64
@@ -16,11 +16,13 @@ from pathlib import Path
 from .artifacts import atomic_write_bytes
 
 WARN_BYTES = 50 * 1024 * 1024
+_PIXEL = "data:image/gif;base64,R0lGODlhAQABAAAAACH5BAEKAAEALAAAAAABAAEAAAICTAEAOw=="
 _MAIN = re.compile(r"<main>(.*?)</main>", re.S)
 _SCRIPTS = re.compile(r"<script\b[^>]*>.*?</script>", re.S)
 _ATTR = re.compile(r'(src|href)="([^"#:]*)(#[^"]*)?"')
 _ID = re.compile(r'(?<![\w-])id="([^"]+)"')
-_SPRITE = re.compile(r"(?:\.\./)*img/sprite\.webp")
+_SPRITE_ARG = re.compile(r'"url","(?:\.\./)*img/sprite\.webp"')
+_SPRITE_CSS = re.compile(r"url\(&amp;quot;(?:\.\./)*img/sprite\.webp&amp;quot;\)")
 
 
 def page_id(rel: str) -> str:
@@ -30,6 +32,12 @@ def page_id(rel: str) -> str:
 def _data_uri(path: Path) -> str:
     mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"
+
+
+def _sprite_var(text: str) -> str:
+    """Point the explorers' thumbnails at one CSS variable holding the sprite sheet (stored once)."""
+    text = _SPRITE_ARG.sub('"url","var(--rg-sprite)"', text)
+    return _SPRITE_CSS.sub("var(--rg-sprite)", text)
 
 
 def bundle(site: Path, out: Path) -> int:
@@ -46,8 +54,9 @@ def bundle(site: Path, out: Path) -> int:
         for i in set(_ID.findall(_MAIN.search(html).group(1))):
             seen[i] = seen.get(i, 0) + 1
     shared = {i for i, n in seen.items() if n > 1}   # e.g. section headings: made unique per page
+    assets: dict[str, str] = {}   # site path -> key; a picture shown on many pages is stored once
     sprite = site / "img" / "sprite.webp"
-    sprite_uri = _data_uri(sprite) if sprite.is_file() else None
+    sprite_css = f":root{{--rg-sprite:url({_data_uri(sprite)})}}" if sprite.is_file() else ""
     for rel in pages:
         html = htmls[rel]
         base = posixpath.dirname(rel)
@@ -63,19 +72,33 @@ def bundle(site: Path, out: Path) -> int:
         body = re.sub(r'aria-labelledby="([^"]+)"', lambda m: unique(m, "aria-labelledby"), body)
         body = re.sub(r'href="#([^"]+)"', lambda m, pid=pid: f'href="#{pid}-{m.group(1)}"'
                       if m.group(1) in shared else m.group(0), body)
-        if sprite_uri:
-            body = _SPRITE.sub(sprite_uri, body)
+        body = _sprite_var(body)
 
+        def rewrite(m, base=base):
+            attr, target = m.group(1), m.group(2)
+            full = posixpath.normpath(posixpath.join(base, target))
+            if target.endswith(".html"):
+                return f'href="#{page_id(full)}"'
+            if attr == "src" and full.endswith(".png") and (site / full).is_file():
+                # each image once, in the asset table; a 1-pixel placeholder until the script fills it in
+                key = assets.setdefault(full, f"a{len(assets)}")
+                return f'src="{_PIXEL}" data-rg-src="{key}"'
+            if (site / full).is_file():
+                return f'{attr}="{_data_uri(site / full)}"'
+            return m.group(0)
         body = _ATTR.sub(rewrite, body)
         inline = [s for s in _SCRIPTS.findall(html.split("</main>", 1)[1] if "</main>" in html else "")
                   if "src=" not in s.split(">", 1)[0]]
-        page_scripts += [_SPRITE.sub(sprite_uri, s) if sprite_uri else s for s in inline]
+        page_scripts += [_sprite_var(s) for s in inline]
         title = re.search(r"<title>(.*?)</title>", html, re.S).group(1)
         sections.append(f'<section class="page" id="{pid}" data-title="{title}">{body}</section>')
     index = (site / "index.html").read_text(encoding="utf-8")
     css = (site / "static" / "style.css").read_text(encoding="utf-8")
     title = re.search(r"<title>(.*?)</title>", index, re.S).group(1)
     libs = "".join(f"<script>{code}</script>" for code in head_scripts.values())
+    table = ",".join(f'"{k}":"{_data_uri(site / path)}"' for path, k in assets.items())
+    loader = ("<script>(function(){var A={" + table + "};document.querySelectorAll('img[data-rg-src]')"
+              ".forEach(function(i){i.src=A[i.dataset.rgSrc];});})();</script>")
     router = ("<script>function show(){var id=location.hash.slice(1),el=document.getElementById(id);"
               "var page=el?el.closest('section.page'):null;if(!page){page=document.querySelector('section.page');}"
               "document.querySelectorAll('section.page').forEach(function(s){s.hidden=(s!==page);});"
@@ -86,8 +109,8 @@ def bundle(site: Path, out: Path) -> int:
                     else m.group(0), nav)
     doc = (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n<title>{title}</title>\n'
-           f"<style>{css}</style>\n{libs}\n</head>\n<body>\n{nav}\n<main>\n" + "\n".join(sections)
-           + "\n</main>\n" + "\n".join(page_scripts) + router + "\n</body>\n</html>\n")
+           f"<style>{css}{sprite_css}</style>\n{libs}\n</head>\n<body>\n{nav}\n<main>\n" + "\n".join(sections)
+           + "\n</main>\n" + loader + "\n".join(page_scripts) + router + "\n</body>\n</html>\n")
     data = doc.encode("utf-8")
     atomic_write_bytes(Path(out), data)
     if len(data) > WARN_BYTES:

@@ -267,10 +267,12 @@ const i = cb_obj.indices[0];
 const el = document.getElementById(panel);
 if (i === undefined || !el) { return; }
 const d = info.data;
+const src = srcs.find((s) => s.selected === cb_obj);
+if (!src) { return; }
 const p = src.data.pos[i];
 const esc = (t) => String(t).replace(/[&<>"']/g, (c) => ({'&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;'})[c]);
 const tile = (q) => '<figure class="rg-nn"><div role="img" aria-label="image ' + d.idx[q] + '" style="width:' + w + 'px;height:' + h
-  + 'px;background-image:url(&quot;' + encodeURI(url) + '&quot;);background-size:' + bw + 'px ' + bh + 'px;background-position:-'
+  + 'px;background-image:' + (url.startsWith('var(') ? url : 'url(&quot;' + encodeURI(url) + '&quot;)') + ';background-size:' + bw + 'px ' + bh + 'px;background-position:-'
   + d.ox[q] + 'px -' + d.oy[q] + 'px;image-rendering:pixelated"></div><figcaption>#' + d.idx[q] + ' '
   + esc(names[d.lab[q]]) + '</figcaption></figure>';
 const near = [];
@@ -300,8 +302,11 @@ def _neighbour_panel(renderers, neighbours, offsets, index, labels, preds, class
     shared = {"panel": panel_id, "url": sprite_url, "k": int(nn.shape[1]), "info": info,
               "names": [str(n) for n in class_names], "w": sprite.tile_width * scale, "h": sprite.tile_height * scale,
               "bw": sprite.columns * sprite.tile_width * scale, "bh": sprite.rows * sprite.tile_height * scale}
+    # one callback for every renderer (it finds the renderer whose selection changed): the arguments,
+    # the sprite URL among them, are written once per plot
+    callback = CustomJS(args=dict(shared, srcs=[r.data_source for r in renderers]), code=_PANEL_JS)
     for r in renderers:
-        r.data_source.selected.js_on_change("indices", CustomJS(args=dict(shared, src=r.data_source), code=_PANEL_JS))
+        r.data_source.selected.js_on_change("indices", callback)
 
 
 def explorer_plot(*args, **kwargs) -> tuple[str, str]:

@@ -30,7 +30,7 @@ def _run(job, layer_path, units, objective, regularize, label) -> dict:
     parts = {}
     if mine:
         with tqdm(total=len(mine) * st["steps"], unit="img·step", desc=label, leave=False,
-                  disable=not job.group.is_main) as bar:
+                  disable=not (job.progress and job.group.is_main)) as bar:
             res = synthesize(job.model.module, layer_path, mine, in_channels=job.model.channels,
                              mean=job.model.mean, std=job.model.std, size=st["size"], steps=st["steps"], lr=st["lr"],
                              seed=job.spec.seed, objective=objective, regularize=regularize, batch_size=batch,
