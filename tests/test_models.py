@@ -94,3 +94,28 @@ def test_mismatched_state_dict_lists_keys(tmp_path):
     with pytest.raises(ModelError, match=r"w.pt does not match the factory's model: missing fc.weight; "
                                          r"unexpected extra.weight"):
         load_model(ModelSpec(factory="tests.helpers.tiny:tiny_cnn", checkpoint=tmp_path / "w.pt"), tmp_path)
+
+
+def test_missing_weights_offline_names_file_and_directory(tmp_path, monkeypatch):
+    """No cached file and no network: the error says which file goes where (no traceback, no download)."""
+    import urllib.error
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+
+    def no_network(url, dst, *args, **kwargs):
+        raise urllib.error.URLError("no network")
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    with pytest.raises(ModelError) as info:
+        load_model(ModelSpec(torchvision="resnet18", weights="IMAGENET1K_V1"), tmp_path)
+    assert str(info.value) == (f"weights resnet18-f37072fd.pth are not cached and cannot be downloaded (URLError); "
+                               f"put the file in {tmp_path / 'th' / 'hub' / 'checkpoints'} (TORCH_HOME/hub/checkpoints)"
+                               " or set TORCH_HOME")
+
+
+def test_trust_checkpoint_loads_pickles_with_a_warning(tmp_path):
+    net = tiny_cnn().eval()
+    torch.save(net, tmp_path / "whole.pt")                      # a pickled module, refused by default
+    with pytest.raises(ModelError, match="set model.trust_checkpoint: true"):
+        load_model(ModelSpec(checkpoint=tmp_path / "whole.pt"), tmp_path)
+    with pytest.warns(UserWarning, match="weights_only=False"):
+        m = load_model(ModelSpec(checkpoint=tmp_path / "whole.pt", trust_checkpoint=True), tmp_path)
+    assert outputs_equal(m.module, net)
