@@ -82,7 +82,7 @@ def bundle(site: Path, out: Path) -> int:
             if attr == "src" and full.endswith(".png") and (site / full).is_file():
                 # each image once, in the asset table; a 1-pixel placeholder until the script fills it in
                 key = assets.setdefault(full, f"a{len(assets)}")
-                return f'src="{_PIXEL}" data-rg-src="{key}"'
+                return f'src="{_PIXEL}" data-rg-asset="{key}"'
             if (site / full).is_file():
                 return f'{attr}="{_data_uri(site / full)}"'
             return m.group(0)
@@ -97,8 +97,8 @@ def bundle(site: Path, out: Path) -> int:
     title = re.search(r"<title>(.*?)</title>", index, re.S).group(1)
     libs = "".join(f"<script>{code}</script>" for code in head_scripts.values())
     table = ",".join(f'"{k}":"{_data_uri(site / path)}"' for path, k in assets.items())
-    loader = ("<script>(function(){var A={" + table + "};document.querySelectorAll('img[data-rg-src]')"
-              ".forEach(function(i){i.src=A[i.dataset.rgSrc];});})();</script>")
+    loader = ("<script>(function(){var A={" + table + "};document.querySelectorAll('img[data-rg-asset]')"
+              ".forEach(function(i){i.src=A[i.dataset.rgAsset];});})();</script>")
     router = ("<script>function show(){var id=location.hash.slice(1),el=document.getElementById(id);"
               "var page=el?el.closest('section.page'):null;if(!page){page=document.querySelector('section.page');}"
               "document.querySelectorAll('section.page').forEach(function(s){s.hidden=(s!==page);});"

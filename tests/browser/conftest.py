@@ -78,17 +78,6 @@ def site_dirs(built) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        # never `playwright install`: the system's Chromium is the browser under test
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture(scope="session")
 def serve():
     """`serve(site_dir) -> root URL` ('http://127.0.0.1:PORT/sub/path/'), one server per site for the session."""
     servers = {}

@@ -197,58 +197,52 @@ _POINT_ON_PAGE = """([x, y]) => {
 
 @pytest.mark.browser
 @pytest.mark.parametrize(("n", "sprite_name"), [(2_000, "sprites.png"), (12_000, "sprites.webp")])
-def test_page_in_chromium_shows_the_plot_and_a_thumbnail_tooltip(tmp_path, n, sprite_name):
-    from playwright.sync_api import sync_playwright
-
+def test_page_in_chromium_shows_the_plot_and_a_thumbnail_tooltip(tmp_path, n, sprite_name, browser):
     page_path, outlier = _serve_page(tmp_path, n, sprite_name)
-    args = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"]  # fmt: skip
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=args)
-        page = browser.new_page(viewport={"width": 1200, "height": 800})
-        errors, requests = [], []
-        page.on("console", lambda m: m.type == "error" and errors.append(m.text))
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.on("requestfailed", lambda r: errors.append(f"failed: {r.url}"))
-        page.on("request", lambda r: requests.append(r.url))
-        page.goto(page_path.as_uri())
-        page.wait_for_function("() => window.Bokeh && Object.values(Bokeh.index).some(v => v.model.type == 'Figure')")
-        page.wait_for_timeout(500)  # let the first paint land
-        assert page.evaluate("() => Bokeh.version") == bokeh.__version__
+    page = browser.new_page(viewport={"width": 1200, "height": 800})
+    errors, requests = [], []
+    page.on("console", lambda m: m.type == "error" and errors.append(m.text))
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("requestfailed", lambda r: errors.append(f"failed: {r.url}"))
+    page.on("request", lambda r: requests.append(r.url))
+    page.goto(page_path.as_uri())
+    page.wait_for_function("() => window.Bokeh && Object.values(Bokeh.index).some(v => v.model.type == 'Figure')")
+    page.wait_for_timeout(500)  # let the first paint land
+    assert page.evaluate("() => Bokeh.version") == bokeh.__version__
 
-        sx, sy, backend, webgl, box = page.evaluate(_POINT_ON_PAGE, outlier.tolist())
-        assert (backend, webgl) == (("webgl", True) if n >= 10_000 else ("canvas", False))
-        shot = np.asarray(Image.open(io.BytesIO(page.screenshot())).convert("RGB"))
-        left, top, right, bottom = (round(v) for v in box)
-        canvas = shot[top:bottom, left:right]
-        saturated = (canvas.max(axis=2).astype(int) - canvas.min(axis=2)) > 60  # class colours, not greys
-        assert saturated.mean() > 0.005, saturated.mean()
+    sx, sy, backend, webgl, box = page.evaluate(_POINT_ON_PAGE, outlier.tolist())
+    assert (backend, webgl) == (("webgl", True) if n >= 10_000 else ("canvas", False))
+    shot = np.asarray(Image.open(io.BytesIO(page.screenshot())).convert("RGB"))
+    left, top, right, bottom = (round(v) for v in box)
+    canvas = shot[top:bottom, left:right]
+    saturated = (canvas.max(axis=2).astype(int) - canvas.min(axis=2)) > 60  # class colours, not greys
+    assert saturated.mean() > 0.005, saturated.mean()
 
-        page.mouse.move(sx + 4, sy + 4)
-        page.mouse.move(sx, sy)
-        thumb = page.locator(".rg-thumb")
-        thumb.first.wait_for(state="visible", timeout=5000)
-        assert thumb.count() == 1
-        shown = np.asarray(Image.open(io.BytesIO(thumb.first.screenshot())).convert("RGB")).astype(int)
-        inner = shown[12:-12, 12:-12].reshape(-1, 3)  # inside the border and lossy formats' bleed from neighbours
-        assert (np.abs(inner - [255, 0, 0]).max(axis=1) < 40).mean() > 0.95  # the plain red tile is the one shown
-        text = page.locator(".rg-tip-text").first.inner_text()
-        assert text.split("\n") == [f"true: {NAMES[2]}", f"predicted: {NAMES[2]}", f"index: {1000 + SPECIAL}"]
-        assert page.evaluate("() => window.__xss") is None  # the class name was shown, not run
+    page.mouse.move(sx + 4, sy + 4)
+    page.mouse.move(sx, sy)
+    thumb = page.locator(".rg-thumb")
+    thumb.first.wait_for(state="visible", timeout=5000)
+    assert thumb.count() == 1
+    shown = np.asarray(Image.open(io.BytesIO(thumb.first.screenshot())).convert("RGB")).astype(int)
+    inner = shown[12:-12, 12:-12].reshape(-1, 3)  # inside the border and lossy formats' bleed from neighbours
+    assert (np.abs(inner - [255, 0, 0]).max(axis=1) < 40).mean() > 0.95  # the plain red tile is the one shown
+    text = page.locator(".rg-tip-text").first.inner_text()
+    assert text.split("\n") == [f"true: {NAMES[2]}", f"predicted: {NAMES[2]}", f"index: {1000 + SPECIAL}"]
+    assert page.evaluate("() => window.__xss") is None  # the class name was shown, not run
 
-        page.get_by_text(NAMES[0], exact=True).click()  # legend entry of class 0
-        hidden, first_entry = page.evaluate("""() => {
-            const fig = Object.values(Bokeh.index).find(v => v.model.type == "Figure").model;
-            const legend = fig.right.find(m => m.type == "Legend");
-            return [fig.renderers.filter(r => !r.visible).map(r => r.id).sort(),
-                    legend.items[0].renderers.map(r => r.id).sort()];
-        }""")
-        assert hidden == first_entry and len(hidden) == 2
+    page.get_by_text(NAMES[0], exact=True).click()  # legend entry of class 0
+    hidden, first_entry = page.evaluate("""() => {
+        const fig = Object.values(Bokeh.index).find(v => v.model.type == "Figure").model;
+        const legend = fig.right.find(m => m.type == "Legend");
+        return [fig.renderers.filter(r => !r.visible).map(r => r.id).sort(),
+                legend.items[0].renderers.map(r => r.id).sort()];
+    }""")
+    assert hidden == first_entry and len(hidden) == 2
 
-        page.mouse.click(sx, sy)
-        page.wait_for_url(f"**/images/{1000 + SPECIAL}.html", timeout=5000)
-        assert page.title() == "detail"
-        browser.close()
+    page.mouse.click(sx, sy)
+    page.wait_for_url(f"**/images/{1000 + SPECIAL}.html", timeout=5000)
+    assert page.title() == "detail"
+    page.close()
     assert errors == []
     assert all(url.startswith("file://") for url in requests), [u for u in requests if not u.startswith("file:")]
     assert (tmp_path / "assets" / sprite_name).as_uri() in requests
