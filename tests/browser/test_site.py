@@ -2,6 +2,7 @@
 loads cleanly, every link and image resolves, nothing is fetched from elsewhere, axe finds no serious or
 critical violation, the explorer draws its points and shows the hovered image's thumbnail."""
 
+import json
 import gzip
 import os
 import re
@@ -175,3 +176,29 @@ def test_screenshots_fit_desktop_and_phone(browser, site_dirs, tmp_path, site):
                 wide.append(f"{rel} at {width} px is {overflow} px wider than the screen")
         context.close()
     assert not wide, "\n".join(wide)
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("single", [False, True])
+def test_jump_to_filter_box(browser, built, single):
+    """The header's jump box opens a filter's page (or section), and says so when the filter is not in the report."""
+    site, single_file = built
+    report = json.loads((site / "report.json").read_text())
+    layer = report["layers"][-1]
+    wanted = layer["filters"][-1]["index"]
+    page = browser.new_page()
+    page.goto((single_file if single else site / "index.html").as_uri())
+    page.select_option("#jump-layer", layer["slug"])
+    page.fill("#jump-filter", str(layer["channels"] + 5))
+    page.click("form.jump button")
+    assert "is not in this report" in page.inner_text("form.jump output")
+    page.fill("#jump-filter", str(wanted))
+    page.click("form.jump button")
+    page.wait_for_load_state()
+    if single:
+        assert page.evaluate("location.hash") == f"#p-layers-{layer['slug']}-f{wanted}"
+        assert page.is_visible(f"#p-layers-{layer['slug']}-f{wanted}")
+    else:
+        assert page.url.endswith(f"/layers/{layer['slug']}/f{wanted}.html")
+        assert f"filter {wanted}" in page.inner_text("h1")
+    page.close()
