@@ -68,6 +68,10 @@ class EmbeddingSection:
         if e is None:
             return None
         idx, feats = e.pooled_array()
+        cap = self.job.spec.embedding.max_points
+        if len(idx) > cap:   # a seeded subset, the same for every layer (they share the sprite sheet)
+            keep = np.sort(np.random.default_rng([self.job.spec.seed, 2]).permutation(len(idx))[:cap])
+            idx, feats = idx[keep], feats[keep]
         if len(idx) < 3:
             return None
         labels = self.job.dataset.labels[idx]
