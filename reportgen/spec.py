@@ -95,6 +95,8 @@ class FeatureVisSpec(_Section):
     steps: int = Field(256, ge=1, le=10_000)
     lr: float = Field(0.05, gt=0)
     objective: Literal["channel", "neuron"] = "channel"
+    variants: int = Field(1, ge=1, le=4, description="images per filter; with diversity > 0 they differ")
+    diversity: float = Field(0.0, ge=0.0, le=2.0, description="weight of the diversity term between variants")
     compare_plain: bool = Field(False, description="also run the plain, unregularized ascent (doubles the cost)")
     classes: list[int] = Field(default_factory=lambda: [0, 1, 2, 3], description="class-model images on the overview")
 

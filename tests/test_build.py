@@ -137,3 +137,19 @@ def test_circuit_ranking_matches_the_weights(site):
         total = sum(c["contribution"] for c in got) if len(got) == 6 else None
         if total is not None:
             assert total + float(conv.bias[f["index"]]) == pytest.approx(mean_pre, rel=1e-3, abs=1e-4)
+
+
+def test_feature_vis_variants_and_plain_on_the_filter_page(tmp_path):
+    spec_text = SPEC.replace("feature_vis: {enabled: false}",
+                             "feature_vis: {steps: 6, variants: 2, diversity: 0.5, compare_plain: true}")
+    spec_text = spec_text.replace("    filters: all\n", "    filters: [1]\n")
+    (tmp_path / "spec.yaml").write_text(spec_text)
+    out = build(load_spec(tmp_path / "spec.yaml"), progress=False, log=lambda *_: None)
+    report = json.loads((out / "report.json").read_text())
+    fv = report["layers"][1]["filters"][0]["feature_vis"]
+    assert fv["steps"] == 6 and fv["size"] == 28 and len(fv["variants"]) == 1 and fv["plain"]
+    from PIL import Image
+    first, second = (np.asarray(Image.open(out / p)) for p in (fv["image"], fv["variants"][0]["image"]))
+    assert first.shape == (28, 28) and not np.array_equal(first, second)
+    page = (out / report["layers"][1]["filters"][0]["page"]).read_text()
+    assert "Variant 2 (diversity term)" in page and "Plain ascent, no regularizers" in page

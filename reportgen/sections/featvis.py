@@ -17,11 +17,13 @@ def _settings(job) -> dict:
     return {"size": s.size or job.model.input_size, "steps": s.steps, "lr": s.lr, "objective": s.objective}
 
 
-def _run(job, layer_path, units, objective, regularize, label) -> dict:
+def _run(job, layer_path, units, objective, regularize, label, variants: int = 1) -> dict:
     """Cached synthesis of `units`, split across ranks in whole batches (each unit's image depends only on
     (seed, unit), so a split run equals a single-process one)."""
     st = _settings(job)
-    key = job.key(FEATVIS_VERSION, layer_path, list(units), st | {"objective": objective}, regularize, job.spec.seed)
+    diversity = job.spec.feature_vis.diversity if variants > 1 else 0.0
+    key = job.key(FEATVIS_VERSION, layer_path, list(units), st | {"objective": objective}, regularize, job.spec.seed,
+                  variants, diversity)
     hit = job.cache.load("featvis", key)
     if hit is not None:
         return hit
@@ -29,19 +31,22 @@ def _run(job, layer_path, units, objective, regularize, label) -> dict:
     mine = job.group.shard_list(list(units), batch)
     parts = {}
     if mine:
-        with tqdm(total=len(mine) * st["steps"], unit="img·step", desc=label, leave=False,
+        with tqdm(total=len(mine) * variants * st["steps"], unit="img·step", desc=label, leave=False,
                   disable=not (job.progress and job.group.is_main)) as bar:
             res = synthesize(job.model.module, layer_path, mine, in_channels=job.model.channels,
                              mean=job.model.mean, std=job.model.std, size=st["size"], steps=st["steps"], lr=st["lr"],
                              seed=job.spec.seed, objective=objective, regularize=regularize, batch_size=batch,
-                             device=job.device, progress=bar.update)
-        parts = {int(u): (res.images[n], float(res.activation[n]), res.curve[n]) for n, u in enumerate(res.units)}
+                             variants=variants, diversity=diversity, device=job.device, progress=bar.update)
+        # a unit's variants are adjacent in the result: variant v of unit u is row n with n % variants == v
+        parts = {(int(u), n % variants): (res.images[n], float(res.activation[n]), res.curve[n])
+                 for n, u in enumerate(res.units)}
     merged = {}
     for p in job.group.all_gather(parts):
         merged.update(p)
-    out = {"units": np.array(units, np.int64), "images": np.stack([merged[u][0] for u in units]),
-           "activation": np.array([merged[u][1] for u in units], np.float64),
-           "curve": np.stack([merged[u][2] for u in units])}
+    rows = [(u, v) for u in units for v in range(variants)]    # (unit, variant), variants adjacent
+    out = {"units": np.array(units, np.int64), "images": np.stack([merged[r][0] for r in rows]),
+           "activation": np.array([merged[r][1] for r in rows], np.float64),
+           "curve": np.stack([merged[r][2] for r in rows])}
     job.cache.save("featvis", key, out)
     return out
 
@@ -52,7 +57,8 @@ def compute(job) -> dict:
     out = {}
     for layer in job.layers:
         objective = s.objective if len(layer.output_shape) == 3 else "channel"
-        out[layer.path] = _run(job, layer.path, layer.filters, objective, True, f"synthesis {layer.name}")
+        out[layer.path] = _run(job, layer.path, layer.filters, objective, True, f"synthesis {layer.name}",
+                               variants=s.variants)
         if s.compare_plain:
             out["plain:" + layer.path] = _run(job, layer.path, layer.filters, objective, False, f"plain {layer.name}")
     classes = [c for c in s.classes if 0 <= c < len(job.model.classes)]
@@ -78,15 +84,20 @@ def layout(job, results: dict, writer, layer_sections) -> list[dict]:
         res, plain = results.get(layer.path), results.get("plain:" + layer.path)
         if res is None:
             continue
-        for n, f in enumerate(section["filters"]):
+        variants = len(res["images"]) // max(len(section["filters"]), 1)
+        for j, f in enumerate(section["filters"]):
+            n = j * variants
             fv = {"image": writer.image(f"layers/{layer.slug}/img/f{f['index']}_vis.png", res["images"][n]),
                   "activation": float(f"{res['activation'][n]:.4g}"), "steps": st["steps"], "size": st["size"],
                   "objective": st["objective"] if len(layer.output_shape) == 3 else "channel",
-                  "curve": _curve(res["curve"][n]), "plain": None}
+                  "curve": _curve(res["curve"][n]), "plain": None,
+                  "variants": [{"image": writer.image(f"layers/{layer.slug}/img/f{f['index']}_vis{v}.png",
+                                                      res["images"][n + v]),
+                                "activation": float(f"{res['activation'][n + v]:.4g}")} for v in range(1, variants)]}
             if plain is not None:
                 fv["plain"] = {"image": writer.image(f"layers/{layer.slug}/img/f{f['index']}_plain.png",
-                                                     plain["images"][n]),
-                               "activation": float(f"{plain['activation'][n]:.4g}")}
+                                                     plain["images"][j]),
+                               "activation": float(f"{plain['activation'][j]:.4g}")}
             f["feature_vis"] = fv
     classes = results.get("(classes)")
     if classes is None:
