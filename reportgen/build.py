@@ -16,23 +16,19 @@ import torch
 from . import __version__
 from .artifacts import Cache, cache_key
 from .data import Dataset, load_dataset, sample_indices, subset_indices
-from .errors import SpecError
+from .distributed import SINGLE, Group
+from .errors import ModelError, SpecError
+from .graph import receptive_field
 from .layers import Layer, LayerInfo, list_layers, resolve_layers
 from .models import LoadedModel, load_model
-from .distributed import SINGLE, Group
 from .output import write_site
-from .record import HIST_EDGES, Evidence, layer_from_arrays, layer_to_arrays, record
-from markupsafe import Markup
-
-from .record import PENULTIMATE
-from .render import plots
-from .render.pages import Pages
-from .render import images as im
+from .record import HIST_EDGES, PENULTIMATE, Evidence, layer_from_arrays, layer_to_arrays, record
+from .render.pages import Pages, json_only, write_pages
+from .render.provenance import provenance
 from .sections import attribution as attr
 from .sections import featvis
-from .sections.embedding import EmbeddingSection
 from .sections.circuits import CircuitSection, expand_layers
-from .render.provenance import provenance
+from .sections.embedding import EmbeddingSection
 from .spec import Spec
 
 RECORD_VERSION = "record-1"  # bump when the pass's results change meaning
@@ -114,7 +110,6 @@ def record_evidence(job: Job, progress: bool = True) -> Evidence:
             ev.merge(part)
         for path in missing:
             job.cache.save("record", keys[path], layer_to_arrays(ev.layers[path]))
-        from .record import PENULTIMATE
         pred = {"pred_index": ev.pred_index, "preds": ev.preds,
                 "prob_index": np.array(sorted(ev.sample_probs), np.int64),
                 "probs": np.stack([ev.sample_probs[i] for i in sorted(ev.sample_probs)]) if ev.sample_probs else np.zeros((0, 1)),
@@ -129,7 +124,6 @@ def record_evidence(job: Job, progress: bool = True) -> Evidence:
     layers = {l.path: layer_from_arrays(hits[l.path]) for l in job.layers}
     pen = {k[4:]: v for k, v in p.items() if k.startswith("pen_")}
     if pen:
-        from .record import PENULTIMATE
         layers[PENULTIMATE] = layer_from_arrays(pen)
     ev = Evidence(layers, p["pred_index"], p["preds"], dict(zip(p["prob_index"].tolist(), p["probs"])),
                   [(int(i), m) for i, m in p["meta"]["skipped"]])
@@ -142,8 +136,6 @@ def record_evidence(job: Job, progress: bool = True) -> Evidence:
 
 
 def receptive_fields(job: Job) -> dict:
-    from .graph import receptive_field
-    from .errors import ModelError
     out = {}
     for l in job.layers:
         if len(l.output_shape) == 3:
@@ -152,16 +144,6 @@ def receptive_fields(job: Job) -> dict:
             except ModelError as exc:
                 job.log(f"warning: no receptive field for {l.name}: {exc}")
     return out
-
-
-def _json_only(value):
-    """The report without page-only parts (Bokeh script/div, the explorer's page sections)."""
-    if isinstance(value, dict):
-        return {k: _json_only(v) for k, v in value.items()
-                if k not in ("script", "div", "explorer", "attribution_page")}
-    if isinstance(value, list):
-        return [_json_only(v) for v in value]
-    return value
 
 
 def build(spec: Spec, out: Path | None = None, use_cache: bool = True, progress: bool = True, log=print,
@@ -185,34 +167,13 @@ def build(spec: Spec, out: Path | None = None, use_cache: bool = True, progress:
         class_models = featvis.layout(job, synthesized, writer, layer_sections)
         circuits = CircuitSection(job, evidence, pages, spec.circuit.top_n) if spec.circuit.enabled else None
         if circuits:
-            for layer, section in zip(job.layers, layer_sections):
-                result = circuits.for_layer(layer, layer_sections)
-                for f in section["filters"]:
-                    if isinstance(result, str):
-                        f["circuit_absent"] = result
-                    else:
-                        f["circuit_info"] = result[f["index"]]
-                        f["circuit"] = f["circuit_info"].pop("channels")
+            circuits.attach(job.layers, layer_sections)
         explorers = EmbeddingSection(job, evidence, pages, writer)
-        for layer, section in zip(job.layers, layer_sections):
-            methods = {"tsne": ["tsne"], "pca": ["pca"], "both": ["tsne", "pca"], "none": []}[layer.embedding]
-            section["explorer"] = explorers.section(layer.path, layer.name, methods, 2) if methods else None
-            section["embedding"] = _json_only(section["explorer"]["explorers"]) if section["explorer"] else None
+        explorers.attach(job.layers, layer_sections)
         overview_explorer = explorers.section(PENULTIMATE, "penultimate", ["tsne"], 0)
-        bokeh = (lambda depth: Markup(plots.script_tags(explorers.scripts, depth))) if explorers.scripts else None
         attribution_page = attr.layout(job, attribution, pages, writer) if attribution else None
         if spec.attribution.enabled:
-            for layer, section in zip(job.layers, layer_sections):
-                if len(layer.output_shape) != 3:
-                    continue
-                e = evidence.layers[layer.path]
-                maps = attr.guided_unit_maps(job, layer, layer.filters, e.top.index)
-                for f in section["filters"]:
-                    f["guided_backprop"] = [
-                        {"dataset_index": int(i), "image": writer.image(
-                            f"layers/{layer.slug}/img/f{f['index']}_gb{n}.png",
-                            im.colorize(im.normalize01(m), "inferno"))}
-                        for n, (i, m) in enumerate(zip(e.top.index[:, f["index"]], maps[f["index"]]))]
+            attr.attach_guided(job, evidence, writer, layer_sections)
         report = {"title": spec.title, "seed": spec.seed, "reportgen_version": __version__,
                   "model": pages.model_section(), "dataset": pages.dataset_section(),
                   "accuracy": pages.accuracy(), "samples": pages.samples_section(),
@@ -222,25 +183,11 @@ def build(spec: Spec, out: Path | None = None, use_cache: bool = True, progress:
                   "class_models": class_models,
                   "attribution_page": attribution_page,
                   "attribution": attribution_page["records"] if attribution_page else [],
-                  "embedding": _json_only(overview_explorer["explorers"]) if overview_explorer else None,
+                  "embedding": json_only(overview_explorer["explorers"]) if overview_explorer else None,
                   "provenance": provenance(spec, out, job.model.sha256, job.dataset.fingerprint),
                   "nav_extra": ([{"title": "Attribution", "page": "attribution.html"}] if attribution_page else [])
                   + [{"title": "How this was built", "page": "build.html"}]}
-        writer.copy_static()
-        writer.page("index.html", "index.html", report=report, crumbs=[], bokeh=bokeh(0) if bokeh else "")
-        if attribution_page:
-            writer.page("attribution.html", "attribution.html", report=report,
-                        crumbs=[{"title": "Attribution", "page": None}])
-        writer.page("build.html", "build.html", report=report, crumbs=[{"title": "How this was built", "page": None}])
-        for layer in report["layers"]:
-            writer.page(layer["page"], "layer.html", report=report, layer=layer, bokeh=bokeh(2) if bokeh else "",
-                        crumbs=[{"title": layer["name"], "page": None}])
-            fs = layer["filters"]
-            for n, f in enumerate(fs):
-                writer.page(f["page"], "filter.html", report=report, layer=layer, f=f,
-                            prev=fs[n - 1] if n else None, next=fs[n + 1] if n + 1 < len(fs) else None,
-                            crumbs=[{"title": layer["name"], "page": layer["page"]}, {"title": f"filter {f['index']}", "page": None}])
-        writer.json("report.json", _json_only(report))
+        write_pages(writer, report, explorers.scripts)
 
     protected = [spec.spec_file or spec.spec_path, spec.dataset.root] + ([spec.model.checkpoint] if spec.model.checkpoint else [])
     if group.is_main:   # the other ranks write nothing outside the cache

@@ -5,9 +5,11 @@ page and in report.json cannot disagree. Nothing here computes an analysis; it o
 """
 
 import numpy as np
+from markupsafe import Markup
 
 from ..record import HIST_EDGES
 from . import images as im
+from . import plots
 from .site import SiteWriter
 
 
@@ -134,3 +136,35 @@ class Pages:
         # bucketize's bin b holds values in (edges[b-1], edges[b]]; outer bins are open-ended
         edges = np.concatenate([[-np.inf], HIST_EDGES, [np.inf]])
         return {"edges": [_r(v) for v in edges[lo:hi + 2]] , "counts": [int(c) for c in counts[lo:hi + 1]]}
+
+
+def json_only(value):
+    """The report without page-only parts (Bokeh script/div, the explorer's and attribution page's layout)."""
+    if isinstance(value, dict):
+        return {k: json_only(v) for k, v in value.items()
+                if k not in ("script", "div", "explorer", "attribution_page")}
+    if isinstance(value, list):
+        return [json_only(v) for v in value]
+    return value
+
+
+def write_pages(writer: SiteWriter, report: dict, bokeh_scripts: list[str] | None) -> None:
+    """Every page of the site from `report`, then report.json (its JSON part)."""
+    def bokeh(depth):
+        return Markup(plots.script_tags(bokeh_scripts, depth)) if bokeh_scripts else ""
+    writer.copy_static()
+    writer.page("index.html", "index.html", report=report, crumbs=[], bokeh=bokeh(0))
+    if report["attribution_page"]:
+        writer.page("attribution.html", "attribution.html", report=report,
+                    crumbs=[{"title": "Attribution", "page": None}])
+    writer.page("build.html", "build.html", report=report, crumbs=[{"title": "How this was built", "page": None}])
+    for layer in report["layers"]:
+        writer.page(layer["page"], "layer.html", report=report, layer=layer, bokeh=bokeh(2),
+                    crumbs=[{"title": layer["name"], "page": None}])
+        fs = layer["filters"]
+        for n, f in enumerate(fs):
+            writer.page(f["page"], "filter.html", report=report, layer=layer, f=f,
+                        prev=fs[n - 1] if n else None, next=fs[n + 1] if n + 1 < len(fs) else None,
+                        crumbs=[{"title": layer["name"], "page": layer["page"]},
+                                {"title": f"filter {f['index']}", "page": None}])
+    writer.json("report.json", json_only(report))

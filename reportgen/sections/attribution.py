@@ -111,6 +111,21 @@ def guided_unit_maps(job, layer, filters: list[int], top: np.ndarray, k: int = 4
     return out
 
 
+def attach_guided(job, evidence, writer, layer_sections: list[dict]) -> None:
+    """Filter pages: guided backprop of each filter's strongest unit on its top images."""
+    for layer, section in zip(job.layers, layer_sections):
+        if len(layer.output_shape) != 3:
+            continue
+        e = evidence.layers[layer.path]
+        maps = guided_unit_maps(job, layer, layer.filters, e.top.index)
+        for f in section["filters"]:
+            f["guided_backprop"] = [
+                {"dataset_index": int(i),
+                 "image": writer.image(f"layers/{layer.slug}/img/f{f['index']}_gb{n}.png",
+                                       im.colorize(im.normalize01(m), "inferno"))}
+                for n, (i, m) in enumerate(zip(e.top.index[:, f["index"]], maps[f["index"]]))]
+
+
 def layout(job, result: dict, pages, writer) -> dict:
     """The attribution page's rows and report.json's `attribution[]`; writes overlays and the NPZ."""
     meta = result["meta"]
@@ -126,7 +141,6 @@ def layout(job, result: dict, pages, writer) -> dict:
         entries = [e for e in meta["entries"] if e["dataset_index"] == i]
         cells = []
         for e in entries:
-            sym = False
             path = writer.image(f"attribution/{e['method']}_{e['target_kind']}_{i}.png",
                                im.overlay(img, np.abs(result[e["array"]]) if e["method"] != "occlusion"
                                           else result[e["array"]], symmetric=e["method"] == "occlusion",

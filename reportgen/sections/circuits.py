@@ -88,6 +88,17 @@ class CircuitSection:
         cols = int(np.ceil(np.sqrt(len(tiles))))
         return self.pages.w.image("img/first_layer_filters.png", im.grid(tiles, cols, pad=2))
 
+    def attach(self, layers, layer_sections: list[dict]) -> None:
+        """Give every filter section its `circuit` (channel records) and `circuit_info`, or `circuit_absent`."""
+        for layer, section in zip(layers, layer_sections):
+            result = self.for_layer(layer, layer_sections)
+            for f in section["filters"]:
+                if isinstance(result, str):
+                    f["circuit_absent"] = result
+                else:
+                    f["circuit_info"] = result[f["index"]]
+                    f["circuit"] = f["circuit_info"].pop("channels")
+
     def for_layer(self, layer, report_layers: list[dict]) -> dict[int, dict] | str:
         """{filter: section} or the reason the section is absent."""
         try:

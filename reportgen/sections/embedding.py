@@ -62,6 +62,14 @@ class EmbeddingSection:
             self.scripts = plots.copy_bokehjs(self.w.root / "static")
         return self._sprite[1]
 
+    def attach(self, layers, layer_sections: list[dict]) -> None:
+        """The explorer of every layer whose `embedding` asks for one (pages at depth 2)."""
+        from ..render.pages import json_only
+        for layer, section in zip(layers, layer_sections):
+            methods = {"tsne": ["tsne"], "pca": ["pca"], "both": ["tsne", "pca"], "none": []}[layer.embedding]
+            section["explorer"] = self.section(layer.path, layer.name, methods, 2) if methods else None
+            section["embedding"] = json_only(section["explorer"]["explorers"]) if section["explorer"] else None
+
     def section(self, key: str, title: str, methods: list[str], page_depth: int) -> dict | None:
         """Explorers for the pooled features of evidence layer `key` (a layer path or the penultimate)."""
         e = self.ev.layers.get(key)

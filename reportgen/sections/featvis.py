@@ -6,7 +6,6 @@ import numpy as np
 from tqdm import tqdm
 
 from ..analyses.featvis import synthesize
-from ..render import images as im
 
 FEATVIS_VERSION = "featvis-1"
 CURVE_POINTS = 48   # the activation curve is stored and drawn at this many steps
