@@ -50,6 +50,11 @@ class Job:
     group: Group = SINGLE
     progress: bool = True
 
+    def batch(self, indices) -> torch.Tensor:
+        """Dataset images by index → the normalized (B, C, H, W) float batch on the build's device."""
+        images = torch.from_numpy(np.stack([self.dataset.image(int(i)) for i in indices]))
+        return self.model.normalize(images.to(self.device))
+
     def key(self, *parts) -> str:
         """Cache key of a result that depends on the model, the images used and `parts`."""
         images = hashlib.sha256(self.indices.astype(np.int64).tobytes()).hexdigest()

@@ -103,19 +103,12 @@ def list_layers(model: nn.Module, input_size: int, channels: int) -> list[LayerI
 
 
 def _producing_conv(model: nn.Module, path: str) -> str | None:
-    """The conv whose output `path` is, looking back through BN/ReLU siblings in a Sequential."""
-    modules = dict(model.named_modules())
-    if isinstance(modules.get(path), nn.Conv2d):
-        return path
-    parent, _, child = path.rpartition(".")
-    seq = modules.get(parent)
-    if not isinstance(seq, nn.Sequential) or not isinstance(modules.get(path), _FOLLOWERS):
+    """The conv whose output `path` is (through BN/activations), from the model graph; None if there is none."""
+    from .graph import find_conv
+    try:
+        return find_conv(model, path)[0]
+    except ModelError:
         return None
-    names = [n for n, _ in seq.named_children()]
-    i = names.index(child)
-    while i > 0 and isinstance(getattr(seq, names[i]), _FOLLOWERS):
-        i -= 1
-    return f"{parent}.{names[i]}" if parent and isinstance(getattr(seq, names[i]), nn.Conv2d) else None
 
 
 def slugify(text: str) -> str:

@@ -5,7 +5,6 @@ Every path handed to templates is relative to the site root; a page at depth d g
 """
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +61,3 @@ class SiteWriter:
             if src.is_file():
                 self.bytes(f"static/{src.relative_to(TEMPLATES / 'static').as_posix()}", src.read_bytes())
         self.bytes(SITE_MARKER, b"This directory is a site written by reportgen; reportgen may replace it.\n")
-
-
-def copy_tree_files(src: Path, dst: Path) -> None:
-    shutil.copytree(src, dst, dirs_exist_ok=True)

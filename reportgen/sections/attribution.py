@@ -64,7 +64,7 @@ def compute(job, progress=print) -> dict:
     part = {}
     for start in range(0, len(mine), 8):
         chunk = mine[start:start + 8]
-        x = job.model.normalize(torch.from_numpy(np.stack([job.dataset.image(i) for i in chunk]))).to(job.device)
+        x = job.batch(chunk)
         with torch.no_grad():
             probs = model(x).float().softmax(1).cpu().numpy()
         pred = probs.argmax(1)
@@ -106,7 +106,7 @@ def guided_unit_maps(job, layer, filters: list[int], top: np.ndarray, k: int = 4
     model = job.model.module
     for f in filters:
         idx = top[:k, f].tolist()
-        x = job.model.normalize(torch.from_numpy(np.stack([job.dataset.image(i) for i in idx]))).to(job.device)
+        x = job.batch(idx)
         out[f] = at.guided_backprop_unit(model, x, layer.path, f)
     return out
 

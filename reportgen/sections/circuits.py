@@ -130,9 +130,8 @@ class CircuitSection:
         device = next(model.parameters()).device
         for s in range(0, len(indices), batch):
             chunk = indices[s:s + batch]
-            x = self.job.model.normalize(torch.from_numpy(np.stack([self.job.dataset.image(i) for i in chunk])))
             with torch.no_grad():
-                got = cx.capture_inputs(model, conv_path, x.to(device)).cpu()
+                got = cx.capture_inputs(model, conv_path, self.job.batch(chunk).to(device)).cpu()
             out.update(zip(chunk, got))
         return out
 
