@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..analyses import circuits as cx
+from ..analyses import kernels as cx
 from ..errors import ModelError
 from ..graph import find_conv, trace_source
 from ..layers import Layer, keras_aliases, slugify

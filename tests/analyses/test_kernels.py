@@ -1,4 +1,4 @@
-"""reportgen.analyses.circuits, checked against torch's own conv/BN and plain loops over the weights."""
+"""reportgen.analyses.kernels, checked against torch's own conv/BN and plain loops over the weights."""
 
 import copy
 
@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from reportgen.analyses.circuits import (
+from reportgen.analyses.kernels import (
     KINDS, capture_inputs, channel_contributions, effective_weights, first_layer_filters, kernel_tiles,
     kind_totals, rank_agreement, rank_input_channels, spearman,
 )
