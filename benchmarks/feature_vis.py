@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from reportgen.analyses.featvis import synthesize
+from reportgen.analyses.featvis import Objective, Optimizer, Parameterization, RandomAffine, synthesize
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 DEMO_WEIGHTS = Path(__file__).resolve().parents[1] / "reportgen" / "demo" / "fashion_cnn.pt"
@@ -70,9 +70,9 @@ def run_lucent(model: torch.nn.Module, channels: list[int], steps: int, size: in
 def compare(args: argparse.Namespace) -> None:
     model = vgg19()
     channels = list(range(args.filters))
-    ours, wall, cpu = timed(lambda: synthesize(model, "features.10", channels, in_channels=3,
-                                               mean=IMAGENET_MEAN, std=IMAGENET_STD, size=args.size,
-                                               steps=args.steps, seed=0))
+    ours, wall, cpu = timed(lambda: synthesize(model, Objective("features.10", channels),
+                                               Parameterization(3, IMAGENET_MEAN, IMAGENET_STD, size=args.size),
+                                               RandomAffine(), Optimizer(steps=args.steps, seed=0)))
     lucent_channels = channels[:args.lucent_filters]
     lucent_images, lwall, lcpu = timed(lambda: run_lucent(model, lucent_channels, args.steps, args.size))
 
@@ -103,13 +103,15 @@ def grids(args: argparse.Namespace) -> None:
     if trained:
         demo.load_state_dict(torch.load(DEMO_WEIGHTS, map_location="cpu", weights_only=True))
     demo.eval()
-    _, wall, cpu = timed(lambda: synthesize(demo, "features.conv4", range(64), in_channels=1, mean=[0.2860],
-                                            std=[0.3530], size=28, steps=args.steps))
+    _, wall, cpu = timed(lambda: synthesize(demo, Objective("features.conv4", range(64)),
+                                            Parameterization(1, [0.2860], [0.3530], size=28),
+                                            RandomAffine(), Optimizer(steps=args.steps)))
     print(f"64-filter grid, demo CNN ({'trained' if trained else 'random weights'}) features.conv4, 28 px, "
           f"{args.steps} steps: {wall:.1f} s wall ({cpu:.1f} s CPU); x{256 / args.steps:.0f} for 256 steps")
     model = vgg19()
-    _, wall, cpu = timed(lambda: synthesize(model, "features.10", range(64), in_channels=3, mean=IMAGENET_MEAN,
-                                            std=IMAGENET_STD, size=128, steps=args.grid_steps))
+    _, wall, cpu = timed(lambda: synthesize(model, Objective("features.10", range(64)),
+                                            Parameterization(3, IMAGENET_MEAN, IMAGENET_STD, size=128),
+                                            RandomAffine(), Optimizer(steps=args.grid_steps)))
     per_step = wall / args.grid_steps
     print(f"64-filter grid, VGG19 block3_conv1, 128 px: {wall:.1f} s wall ({cpu:.1f} s CPU) for "
           f"{args.grid_steps} steps = {per_step:.2f} s/step -> {per_step * args.steps:.0f} s for "

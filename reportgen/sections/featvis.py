@@ -5,7 +5,7 @@ across filters), optionally the plain ascent beside it, and class-model images f
 import numpy as np
 from tqdm import tqdm
 
-from ..analyses.featvis import synthesize
+from ..analyses.featvis import Objective, Optimizer, Parameterization, RandomAffine, synthesize
 
 FEATVIS_VERSION = "featvis-1"
 CURVE_POINTS = 48   # the activation curve is stored and drawn at this many steps
@@ -32,10 +32,12 @@ def _run(job, layer_path, units, objective, regularize, label, variants: int = 1
     if mine:
         with tqdm(total=len(mine) * variants * st["steps"], unit="img·step", desc=label, leave=False,
                   disable=not (job.progress and job.group.is_main)) as bar:
-            res = synthesize(job.model.module, layer_path, mine, in_channels=job.model.channels,
-                             mean=job.model.mean, std=job.model.std, size=st["size"], steps=st["steps"], lr=st["lr"],
-                             seed=job.spec.seed, objective=objective, regularize=regularize, batch_size=batch,
-                             variants=variants, diversity=diversity, device=job.device, progress=bar.update)
+            param = Parameterization(job.model.channels, job.model.mean, job.model.std, size=st["size"],
+                                     fourier=regularize)
+            res = synthesize(job.model.module, Objective(layer_path, mine, objective, variants, diversity), param,
+                             RandomAffine() if regularize else None,
+                             Optimizer(steps=st["steps"], lr=st["lr"], seed=job.spec.seed, batch_size=batch),
+                             device=job.device, progress=bar.update)
         # a unit's variants are adjacent in the result: variant v of unit u is row n with n % variants == v
         parts = {(int(u), n % variants): (res.images[n], float(res.activation[n]), res.curve[n])
                  for n, u in enumerate(res.units)}

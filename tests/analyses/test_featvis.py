@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from reportgen.analyses.featvis import RandomAffine, fourier_image, pixel_image, synthesize
+from reportgen.analyses.featvis import (Objective, Optimizer, Parameterization, RandomAffine, fourier_image,
+                                        pixel_image, synthesize)
 from reportgen.analyses.featvis.hooks import frozen, truncated_model
 from reportgen.analyses.featvis.objectives import diversity_penalty
 from reportgen.analyses.featvis.param import frequency_scale
@@ -31,12 +32,16 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def norm(channels: int) -> dict:
-    return dict(in_channels=channels, mean=[0.5] * channels, std=[0.25] * channels)
+def pixels(channels: int, size: int = SIZE, fourier: bool = True) -> Parameterization:
+    return Parameterization(channels, mean=[0.5] * channels, std=[0.25] * channels, size=size, fourier=fourier)
 
 
-def run(model, layer, units, channels=3, **kw):
-    return synthesize(model, layer, units, **norm(channels), **{"size": SIZE, "steps": STEPS, **kw})
+def run(model, layer, units, channels=3, objective="channel", plain=False, variants=1, diversity=0.0,
+        progress=None, steps=STEPS, **optimizer):
+    """Regularized synthesis at SIZE px (plain: raw pixels, no warps); `optimizer`: Optimizer's fields."""
+    return synthesize(model, Objective(layer, units, objective, variants, diversity),
+                      pixels(channels, fourier=not plain), None if plain else RandomAffine(),
+                      Optimizer(steps=steps, **optimizer), progress=progress)
 
 
 def direct_objective(model, layer, objective, images_uint8, units, channels):
@@ -104,7 +109,7 @@ def test_a_relu_that_is_off_on_the_starting_image_still_turns_on():
 def test_plain_ascent_also_rises_but_is_noisier():
     model = conv_net(3)
     smooth = run(model, "conv2", range(8))
-    plain = run(model, "conv2", range(8), regularize=False)
+    plain = run(model, "conv2", range(8), plain=True)
     assert (plain.curve[:, -1] > plain.curve[:, 0]).all()
     assert (plain.curve[:, -1] - plain.curve[:, 0]).mean() > 0.2
 
@@ -202,7 +207,7 @@ def test_truncation_on_a_residual_model_matches_a_full_forward():
     handle.remove()
     with torch.no_grad(), truncated_model(model, "layer2.0") as truncated:
         torch.testing.assert_close(truncated(x), kept["out"])
-    result = synthesize(model, "layer2.0.conv1", [3, 9], **norm(3), size=32, steps=3)
+    result = synthesize(model, Objective("layer2.0.conv1", [3, 9]), pixels(3, size=32), optimizer=Optimizer(steps=3))
     assert result.images.shape == (2, 32, 32, 3)
 
 
@@ -235,16 +240,54 @@ def test_frozen_switches_to_eval_without_weight_gradients():
 
 def test_argument_errors_name_the_argument():
     model = conv_net(3)
-    with pytest.raises(SpecError, match="objective: 'max' is not one of 'channel', 'neuron', 'logit'"):
-        run(model, "conv2", [0], objective="max")
-    with pytest.raises(SpecError, match=r"mean: mean and std need one value per input channel \(3\)"):
-        synthesize(model, "conv2", [0], in_channels=3, mean=[0.5], std=[0.25])
-    with pytest.raises(SpecError, match="seed: must be at least 0; got -1"):
-        run(model, "conv2", [0], seed=-1)
-    with pytest.raises(SpecError, match="diversity: a diversity term needs at least 2 variants"):
-        run(model, "conv2", [0], diversity=1.0)
+    with pytest.raises(SpecError, match="^objective: 'max' is not one of 'channel', 'neuron', 'logit'.$"):
+        Objective("conv2", [0], "max")
+    with pytest.raises(SpecError, match="^units: units must be non-negative channel or class indices; "
+                                        r"got \[0, -1\].$"):
+        Objective("conv2", [0, -1])
+    with pytest.raises(SpecError, match="^diversity: a diversity term needs at least 2 variants per unit.$"):
+        Objective("conv2", [0], diversity=1.0)
+    with pytest.raises(SpecError, match=r"^mean: mean and std need one value per input channel \(3\); "
+                                        "got 1 and 1.$"):
+        Parameterization(3, mean=[0.5], std=[0.25])
+    with pytest.raises(SpecError, match=r"^std: std values must be positive; got \[0.0\].$"):
+        Parameterization(1, mean=[0.5], std=[0])
+    with pytest.raises(SpecError, match="^size: must be at least 8; got 4.$"):
+        Parameterization(1, mean=[0.5], std=[0.25], size=4)
+    with pytest.raises(SpecError, match="^seed: must be at least 0; got -1.$"):
+        Optimizer(seed=-1)
+    with pytest.raises(SpecError, match="^steps: must be at least 1; got 0.$"):
+        Optimizer(steps=0)
     with pytest.raises(ModelError, match="the 'logit' objective needs \\(N, classes\\) outputs"):
         run(model, "conv2", [0], objective="logit", steps=1)
+
+
+# Pixel sums and objectives of images made by `synthesize` before its settings became dataclasses (commit
+# 6794570, 1 thread, 24 px, 12 steps): the same settings must give the same images. The new code gave
+# bit-identical arrays on the machine that pinned them; the tolerances only absorb another CPU's rounding.
+PINNED = [
+    ((3, "conv2", [0, 3, 3], "channel", 1, 0.0), dict(), RandomAffine(), Optimizer(steps=12),
+     [238408, 242801, 242801], [0.09069780260324478, 0.35668155550956726, 0.35668155550956726]),
+    ((3, "relu2", [1, 2], "channel", 1, 0.0), dict(fourier=False), None, Optimizer(steps=12, lr=0.1),
+     [219856, 221958], [0.5225787162780762, 0.8369852304458618]),
+    ((1, "conv2", [5, 0], "neuron", 1, 0.0), dict(), RandomAffine(), Optimizer(steps=12, seed=4, batch_size=1),
+     [78733, 78268], [1.2464442253112793, 0.16864687204360962]),
+    ((3, None, [2], "logit", 1, 0.0), dict(), RandomAffine(), Optimizer(steps=12), [220046], [0.1764930933713913]),
+    ((3, "relu2", [1], "channel", 3, 0.5), dict(), RandomAffine(translate=0.1, scale=(0.8, 1.2), degrees=20.0),
+     Optimizer(steps=12), [226169, 222724, 223291], [0.06196107342839241, 0.06607896089553833, 0.0739705041050911]),
+]
+
+
+@pytest.mark.parametrize("objective,param,transforms,optimizer,sums,activation", PINNED)
+def test_settings_give_the_images_pinned_before_the_split(objective, param, transforms, optimizer, sums,
+                                                          activation):
+    channels, layer, units, kind, variants, diversity = objective
+    result = synthesize(conv_net(channels), Objective(layer, units, kind, variants, diversity),
+                        Parameterization(channels, [0.5] * channels, [0.25] * channels, size=SIZE, **param),
+                        transforms, optimizer)
+    got = result.images.reshape(len(result.images), -1).astype(np.int64).sum(1)
+    np.testing.assert_allclose(got, sums, atol=20, rtol=0)       # 20 ≈ a pixel level on 20 of 1728 values
+    np.testing.assert_allclose(result.activation, activation, rtol=1e-4)
 
 
 def test_no_units_give_an_empty_result():

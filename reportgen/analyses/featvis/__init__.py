@@ -1,14 +1,17 @@
 """Feature visualization: images synthesized by gradient ascent to show what a unit responds to.
 
-    synthesize(model, layer, units, ...) -> FeatureVisResult      the one call (render.py)
+    synthesize(model, Objective(layer, units, kind), Parameterization(channels, mean, std, size),
+               RandomAffine() or None, Optimizer(steps, lr, seed, batch_size)) -> FeatureVisResult
 
-Modules: `param` (how images are parameterized), `transforms` (robustness warps), `objectives` (what is
-maximized), `hooks` (running the model only up to the layer), `render` (the batched loop).
+Modules, one concept each as in lucent: `objectives` (what is maximized), `param` (how images are
+parameterized), `transforms` (robustness warps), `hooks` (running the model only up to the layer),
+`render` (the batched loop and its `Optimizer` settings).
 """
 
-from .objectives import OBJECTIVES
-from .param import fourier_image, pixel_image
-from .render import FeatureVisResult, synthesize
+from .objectives import OBJECTIVES, Objective
+from .param import Parameterization, fourier_image, pixel_image
+from .render import FeatureVisResult, Optimizer, synthesize
 from .transforms import RandomAffine
 
-__all__ = ["synthesize", "FeatureVisResult", "RandomAffine", "OBJECTIVES", "fourier_image", "pixel_image"]
+__all__ = ["synthesize", "FeatureVisResult", "Objective", "Parameterization", "RandomAffine", "Optimizer",
+           "OBJECTIVES", "fourier_image", "pixel_image"]

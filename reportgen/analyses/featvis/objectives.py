@@ -1,18 +1,21 @@
 """Objectives: what each image of a batch maximizes, read off the activation of the target layer.
 
-An objective maps `(acts, units)` to one value per image: acts is the layer's output (N, K, ...) for the
-N images of a batch, units (N,) the channel (or class) image i is for. Values are per image, never summed
-across the batch, so that the gradient of their sum reaches each image from its own objective only.
+`Objective` says what to maximize: a layer, its units, the kind of score and how many diverse variants.
+A score (`OBJECTIVES[kind]`) maps `(acts, units)` to one value per image: acts is the layer's output
+(N, K, ...) for the N images of a batch, units (N,) the channel (or class) image i is for. Values are per
+image, never summed across the batch, so that the gradient of their sum reaches each image from its own
+objective only.
 """
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from reportgen.errors import ModelError
+from reportgen.errors import ModelError, SpecError
 
-Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Score = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _pick(acts: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
@@ -43,7 +46,40 @@ def logit(acts: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
     return _pick(acts, units)
 
 
-OBJECTIVES: dict[str, Objective] = {"channel": channel_mean, "neuron": centre_neuron, "logit": logit}
+OBJECTIVES: dict[str, Score] = {"channel": channel_mean, "neuron": centre_neuron, "logit": logit}
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What to maximize: `units` of `layer`, one image per (unit, variant), variants of a unit adjacent.
+
+    layer: module name from `model.named_modules()`; None is the model's output (for kind 'logit').
+    units: channels (or classes) to visualize, stored as a tuple.
+    kind: 'channel' (mean over positions), 'neuron' (centre position) or 'logit' (a class score).
+    variants, diversity: images per unit, and how much of its objective an image gives up to look unlike
+        the other variants of its unit (a weight relative to the objective's size; 0.1–0.5 works).
+    """
+    layer: str | None
+    units: Sequence[int]
+    kind: str = "channel"
+    variants: int = 1
+    diversity: float = 0.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "units", tuple(int(u) for u in self.units))
+        if self.kind not in OBJECTIVES:
+            raise SpecError("objective", f"{self.kind!r} is not one of {', '.join(map(repr, OBJECTIVES))}.")
+        if any(u < 0 for u in self.units):
+            raise SpecError("units", f"units must be non-negative channel or class indices; "
+                                     f"got {list(self.units)!r}.")
+        if self.variants < 1:
+            raise SpecError("variants", f"must be at least 1; got {self.variants!r}.")
+        if self.diversity and self.variants < 2:
+            raise SpecError("diversity", "a diversity term needs at least 2 variants per unit.")
+
+    @property
+    def score(self) -> Score:
+        return OBJECTIVES[self.kind]
 
 
 def diversity_penalty(acts: torch.Tensor, variants: int) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """Image parameterizations: how a batch of synthesized images is written as trainable tensors.
 
-A parameterization returns an `ImageParam`: the tensors the optimizer updates, a function that turns
+`Parameterization` is the configuration (which parameterization, image size and channels, the model's input
+normalization); its `images(generators, device)` builds the tensors. A parameterization returns an `ImageParam`: the tensors the optimizer updates, a function that turns
 them into pixels in [0, 1] (N, C, H, W), and a projection run after every optimizer step.
 
 - `fourier_image`: the image's 2-D spectrum, scaled by 1/frequency, colours decorrelated, squashed by a
@@ -17,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
+
+from reportgen.errors import SpecError
 
 # Square root of the colour covariance of ImageNet photos (RGB), the published statistic Lucid and Distill use:
 # decorrelated parameters let each step change luminance and hue independently, as natural images vary.
@@ -101,3 +104,39 @@ def pixel_image(generators: Sequence[torch.Generator], channels: int, size: int,
             pixels.clamp_(0.0, 1.0)
 
     return ImageParam([pixels], lambda: pixels, project)
+
+
+@dataclass(frozen=True)
+class Parameterization:
+    """How images are written and fed to the model: `channels` × `size` × `size` pixels in [0, 1].
+
+    fourier: True = `fourier_image` (with `decorrelate`d colours), False = `pixel_image` (plain ascent).
+    sd: spread of the random initial parameters.
+    mean, std: the model's input normalization, one value per channel; stored as tuples.
+    """
+    channels: int
+    mean: Sequence[float]
+    std: Sequence[float]
+    size: int = 128
+    fourier: bool = True
+    decorrelate: bool = True
+    sd: float = 0.01
+
+    def __post_init__(self):
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise SpecError("mean", f"mean and std need one value per input channel ({self.channels}); "
+                                    f"got {len(self.mean)} and {len(self.std)}.")
+        if any(s <= 0 for s in self.std):
+            raise SpecError("std", f"std values must be positive; got {list(self.std)!r}.")
+        for key, value, low in (("in_channels", self.channels, 1), ("size", self.size, 8)):
+            if value < low:
+                raise SpecError(key, f"must be at least {low}; got {value!r}.")
+
+    def images(self, generators: Sequence[torch.Generator], device: str | torch.device = "cpu") -> ImageParam:
+        """One image per generator, its initial values drawn from that generator only."""
+        if self.fourier:
+            return fourier_image(generators, self.channels, self.size, sd=self.sd, decorrelate=self.decorrelate,
+                                 device=device)
+        return pixel_image(generators, self.channels, self.size, sd=self.sd, device=device)
