@@ -11,8 +11,8 @@ import hashlib
 import io
 import json
 import os
+import secrets
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -26,9 +26,19 @@ def cache_key(*parts) -> str:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file beside `path`, fsync, rename: readers see the old or the new file, never half."""
+    """Write to a temp file beside `path`, fsync, rename: readers see the old or the new file, never half.
+
+    The file gets the mode any program's new file gets (0666 less the umask); mkstemp's 0600 would make a
+    published site answer 403.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+            break
+        except FileExistsError:
+            continue
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -6,6 +6,7 @@ that is or contains the spec, the dataset or the model file is refused.
 """
 
 import os
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -37,10 +38,9 @@ def write_site(out: Path, render, protected: list[Path]) -> None:
     check_output(out, protected)
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(out.parent)
-    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + f"{out.name}-", dir=out.parent))
+    tmp = _make_temp_dir(out.parent, TMP_PREFIX + f"{out.name}-")
     try:
         render(SiteWriter(tmp))
-        os.chmod(tmp, 0o755)  # mkdtemp makes 0700; a published site must be readable
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + f"{out.name}-old-", dir=out.parent))
             os.replace(out, old / "site")
@@ -51,6 +51,18 @@ def write_site(out: Path, render, protected: list[Path]) -> None:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _make_temp_dir(parent: Path, prefix: str) -> Path:
+    """A new directory with the mode any program's gets (0777 less the umask): it becomes the site, and
+    mkdtemp's 0700 would make a published site answer 403."""
+    while True:
+        path = parent / f"{prefix}{secrets.token_hex(6)}"
+        try:
+            path.mkdir(0o777)
+            return path
+        except FileExistsError:
+            continue
 
 
 def _remove_stale_temps(parent: Path) -> None:

@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -92,3 +93,32 @@ def test_corrupt_cache_entry_is_recomputed(tmp_path):
     assert not path.exists()
     assert cache.get_or_compute("k", "abc", lambda: {"x": np.arange(3)})["x"].tolist() == [0, 1, 2]
     assert cache.load("k", "abc")["x"].tolist() == [0, 1, 2]
+
+
+MODES_SPEC = f"""
+model: {{factory: tests.helpers.tiny:tiny_cnn, mean: [0.5], std: [0.25], input_size: 28}}
+dataset: {{format: fashion-mnist, root: {FASHION_DIR}, limit: 20}}
+layers:
+  - {{name: block1_conv1, filters: 0-1}}
+feature_vis: {{enabled: false}}
+attribution: {{enabled: false}}
+"""
+
+
+@pytest.mark.parametrize("umask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o027, 0o640, 0o750)])
+def test_written_modes_follow_the_umask(tmp_path, umask, file_mode, dir_mode):
+    """Pages, images, the single file and directories get 0666/0777 less the umask, as any program's would."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(MODES_SPEC)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    result = subprocess.run([sys.executable, "-m", "reportgen", "build", str(spec), "-q", "--single-file"], env=env,
+                            capture_output=True, text=True, timeout=600, preexec_fn=lambda: os.umask(umask))
+    assert result.returncode == 0, result.stderr
+    site = tmp_path / "site"
+    paths = [site, *site.rglob("*"), tmp_path / "site.html"]
+    modes = {p.relative_to(tmp_path).as_posix(): oct(stat.S_IMODE(p.stat().st_mode)) for p in paths}
+    assert modes == {rel: oct(dir_mode if (tmp_path / rel).is_dir() else file_mode) for rel in modes}
+    # what the comparison covered: pages, images and directories at every depth
+    assert {"site", "site/index.html", "site/layers", "site/layers/block1_conv1", "site/layers/block1_conv1/f0.html",
+            "site/layers/block1_conv1/img", "site/static/style.css", "site.html"} <= modes.keys()
+    assert any(rel.startswith("site/layers/block1_conv1/img/") and rel.endswith(".png") for rel in modes)

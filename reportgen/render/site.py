@@ -5,15 +5,18 @@ Every path handed to templates is relative to the site root; a page at depth d g
 """
 
 import json
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from ..artifacts import atomic_write_bytes
 from .images import png_bytes
 
-TEMPLATES = Path(__file__).resolve().parent.parent.parent / "templates"
+# templates/ is installed as the package `reportgen.templates` (pyproject.toml): found the same way in a
+# checkout's editable install and in a wheel
+TEMPLATES = "reportgen.templates"
 SITE_MARKER = ".reportgen-site"
 
 
@@ -28,7 +31,7 @@ def _fmt(value, digits: int = 4) -> str:
 class SiteWriter:
     def __init__(self, root: Path):
         self.root = Path(root)
-        self.env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=select_autoescape(default=True),
+        self.env = Environment(loader=PackageLoader(TEMPLATES, "."), autoescape=select_autoescape(default=True),
                                undefined=StrictUndefined, keep_trailing_newline=True, trim_blocks=True,
                                lstrip_blocks=True)
         self.env.filters["fmt"] = _fmt
@@ -57,7 +60,15 @@ class SiteWriter:
         return self.bytes(rel, html.encode("utf-8"))
 
     def copy_static(self) -> None:
-        for src in sorted((TEMPLATES / "static").rglob("*")):
-            if src.is_file():
-                self.bytes(f"static/{src.relative_to(TEMPLATES / 'static').as_posix()}", src.read_bytes())
+        for rel, src in _walk(resources.files(TEMPLATES) / "static", "static/"):
+            self.bytes(rel, src.read_bytes())
         self.bytes(SITE_MARKER, b"This directory is a site written by reportgen; reportgen may replace it.\n")
+
+
+def _walk(node, prefix: str):
+    """(site path, resource) for every file under a package resource directory, sorted by name."""
+    for child in sorted(node.iterdir(), key=lambda c: c.name):
+        if child.is_dir():
+            yield from _walk(child, f"{prefix}{child.name}/")
+        else:
+            yield f"{prefix}{child.name}", child
