@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .errors import ModelError, SpecError
+from .hooks import removing
 from .spec import LayerSpec, parse_filter_selection
 
 _FOLLOWERS = (nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.ELU)
@@ -76,7 +77,6 @@ def _conv_sequential(model: nn.Module) -> tuple[str, nn.Sequential | None]:
 def list_layers(model: nn.Module, input_size: int, channels: int) -> list[LayerInfo]:
     """Every named module with its output shape, from one forward of a zero image."""
     shapes: dict[str, tuple] = {}
-    hooks = []
 
     def make_hook(name):
         def hook(_m, _inp, out):
@@ -84,15 +84,9 @@ def list_layers(model: nn.Module, input_size: int, channels: int) -> list[LayerI
                 shapes.setdefault(name, tuple(out.shape[1:]))
         return hook
 
-    for name, m in model.named_modules():
-        if name:
-            hooks.append(m.register_forward_hook(make_hook(name)))
-    try:
-        with torch.inference_mode():
-            model(torch.zeros(1, channels, input_size, input_size))
-    finally:
-        for h in hooks:
-            h.remove()
+    with removing(*(m.register_forward_hook(make_hook(name)) for name, m in model.named_modules() if name)), \
+            torch.inference_mode():
+        model(torch.zeros(1, channels, input_size, input_size))
     by_path = {path: alias for alias, (path, _conv) in keras_aliases(model).items()}
     out = []
     for name, m in model.named_modules():

@@ -223,7 +223,7 @@ def test_no_hook_remains_and_model_state_is_restored_even_on_error():
     run(model, "relu2", [0], steps=2)
     with pytest.raises(ModelError, match="layer 'conv2' has 8 channels; unit 8 is out of range"):
         run(model, "conv2", [0, 8], steps=2)
-    with pytest.raises(ModelError, match="Invalid layer 'nope'"):
+    with pytest.raises(ModelError, match=r"^no layer 'nope' in the model \(run 'reportgen layers SPEC'"):
         run(model, "nope", [0], steps=2)
     assert hooks_left(model) == 0
     assert all(m.training for m in model.modules())

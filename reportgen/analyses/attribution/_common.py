@@ -1,31 +1,14 @@
-"""What every attribution method shares: hooks that are always removed, layer lookup, class scores.
+"""What every attribution method shares: input checks, class scores, conversions to maps.
 
 Kept apart so each method module holds only its algorithm (as pytorch-grad-cam's `base_cam.py`
 holds the mechanism and each CAM overrides one step).
 """
 
-import difflib
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
-
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.hooks import RemovableHandle
 
 from ...errors import ModelError
-
-
-@contextmanager
-def removing(*handles: RemovableHandle) -> Iterator[ExitStack]:
-    """Remove `handles`, and any handle later pushed with `stack.callback(h.remove)`, on exit.
-
-    Exit runs also when the body raises, so no hook outlives the method that placed it.
-    """
-    with ExitStack() as stack:
-        for handle in handles:
-            stack.callback(handle.remove)
-        yield stack
 
 
 def check_input(x: torch.Tensor) -> None:
@@ -51,16 +34,6 @@ def class_scores(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     if bad.numel():
         raise ModelError(f"target class {int(bad[0])} is out of range: the model has {n_classes} outputs")
     return logits.gather(1, target.to(logits.device, torch.long).view(-1, 1))[:, 0]
-
-
-def find_layer(model: nn.Module, name: str) -> nn.Module:
-    """The submodule at module path `name` (as in `model.named_modules()`), or ModelError naming the closest."""
-    modules = dict(model.named_modules())
-    if name in modules and name:
-        return modules[name]
-    close = difflib.get_close_matches(name, [n for n in modules if n], n=3, cutoff=0.5)
-    hint = f"; closest: {', '.join(close)}" if close else ""
-    raise ModelError(f"no layer {name!r} in the model{hint} (run 'reportgen layers SPEC' to list them)")
 
 
 def last_conv(model: nn.Module) -> str:

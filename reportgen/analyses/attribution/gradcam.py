@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import ModelError
-from ._common import check_batch, class_scores, find_layer, input_leaf, last_conv, removing, to_map
+from ...hooks import find_module, removing
+from ._common import check_batch, class_scores, input_leaf, last_conv, to_map
 
 
 def _activation_and_scores(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
@@ -16,7 +17,7 @@ def _activation_and_scores(model: nn.Module, x: torch.Tensor, target: torch.Tens
     The activation is the layer's own output, before any in-place op that follows it (such as
     torchvision VGG's `ReLU(inplace=True)` after each conv) can overwrite it.
     """
-    module = find_layer(model, layer)
+    module = find_module(model, layer)
     captured: list[torch.Tensor] = []
 
     def keep(_module, _inputs, output):

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from ...errors import ModelError
-from ._common import channel_max_abs, check_batch, check_input, class_scores, find_layer, input_leaf, removing
+from ...hooks import removing, run_until
+from ._common import channel_max_abs, check_batch, check_input, class_scores, input_leaf
 from .gradcam import layer_cam, upsample
 
 
@@ -80,10 +81,6 @@ def guided_grad_cam(model: nn.Module, x: torch.Tensor, target: torch.Tensor, lay
     return channel_max_abs(grad * cam)
 
 
-class _Reached(Exception):
-    """Raised by a hook once the layer of interest has run: the rest of the forward is not needed."""
-
-
 def guided_backprop_unit(model: nn.Module, x: torch.Tensor, layer: str, channel: int) -> np.ndarray:
     """Guided backprop of the strongest unit of filter `channel` at module path `layer`, per image.
 
@@ -93,22 +90,11 @@ def guided_backprop_unit(model: nn.Module, x: torch.Tensor, layer: str, channel:
     everywhere behind a ReLU gives a zero map.
     """
     check_input(x)
-    module = find_layer(model, layer)
-    reached: list[torch.Tensor] = []
-
-    def stop(_module, _inputs, output):
-        reached.append(output)
-        raise _Reached
 
     def unit_score(xx: torch.Tensor) -> torch.Tensor:
-        with removing(module.register_forward_hook(stop)):
-            try:
-                model(xx)
-            except _Reached:
-                pass
-        if not reached or not isinstance(reached[0], torch.Tensor) or reached[0].dim() not in (2, 4):
-            raise ModelError(f"layer {layer!r} must be used by the forward and give a (B, C, H, W) or (B, C) output")
-        act = reached[0]
+        act = run_until(model, layer, xx)                                  # the forward stops at `layer`
+        if act.dim() not in (2, 4):
+            raise ModelError(f"layer {layer!r} must give a (B, C, H, W) or (B, C) output, not {tuple(act.shape)}")
         if not 0 <= channel < act.shape[1]:
             raise ModelError(f"filter {channel} is out of range: {layer!r} has {act.shape[1]} channels")
         units = act[:, channel].reshape(len(act), -1)                     # (B, h·w) or (B, 1)
