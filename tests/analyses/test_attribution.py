@@ -24,7 +24,7 @@ from reportgen.analyses.attribution import (grad_cam, guided_backprop, guided_ba
 from reportgen.analyses.attribution import occluded
 from reportgen.analyses.attribution.incremental import local_prefix
 from reportgen.analyses.attribution.occluded import OccludedForward
-from reportgen.analyses.attribution.occlusion import window_positions
+from reportgen.analyses.attribution.occlusion import default_stride, default_window, window_positions
 from reportgen.errors import ModelError, SpecError
 from tests.helpers.attribution_models import (Failing, Untraceable, demo_cnn, hook_count, randomize_batchnorm,
                                               tiny_cnn)
@@ -96,6 +96,18 @@ def test_occlusion_matches_captum(name, window, stride, baseline, demo, resnet):
 def test_occlusion_default_window_is_a_sixth_and_stride_half(demo):
     model, x, target = demo[0], demo[1][:1], demo[2][:1]
     np.testing.assert_allclose(occlusion(model, x, target), captum_occlusion(model, x, target, 4, 2, 0.0),
+                               rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("size, window, stride", [(1, 1, 1), (2, 2, 1), (11, 2, 1), (12, 2, 1), (28, 4, 2),
+                                                   (64, 10, 5), (224, 37, 18)])
+def test_default_window_and_stride(size, window, stride):
+    assert (default_window(size), default_stride(default_window(size))) == (window, stride)
+
+
+def test_occlusion_without_a_window_uses_the_defaults_on_the_smaller_side():
+    model, x, target = case(Untraceable(), (1, 1, 11, 14))       # 11 // 6 = 1, so the 2-px floor applies
+    np.testing.assert_allclose(occlusion(model, x, target), captum_occlusion(model, x, target, 2, 1, 0.0),
                                rtol=1e-4, atol=1e-6)
 
 

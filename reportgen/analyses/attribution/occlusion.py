@@ -11,6 +11,17 @@ from ._common import check_batch, class_scores
 from .occluded import OccludedForward
 
 
+def default_window(input_size: int) -> int:
+    """The occlusion window used when none is given: a sixth of the (smaller) input side, at least 2 px
+    (a 1-px window would only show single-pixel noise), never more than the input."""
+    return min(input_size, max(2, input_size // 6))
+
+
+def default_stride(window: int) -> int:
+    """The stride used when none is given: half the window, at least 1 px (windows overlap by half)."""
+    return max(1, window // 2)
+
+
 def window_positions(n: int, window: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
     """Spans [starts, stops) of the windows along a dim of size n: every `stride` from 0, the last one
     clipped at the border so that every pixel is covered (Captum's `Occlusion` places them so)."""
@@ -24,7 +35,7 @@ def occlusion(model: nn.Module, x: torch.Tensor, target: torch.Tensor, *, window
     """Occlusion map of the probability of class `target`.
 
     x: (B, C, H, W) normalized input; target: (B,) class indices. A square window of `window`
-    pixels (0: a sixth of the smaller input side), moved by `stride` (0: half the window) from
+    pixels (0: `default_window` of the smaller input side), moved by `stride` (0: `default_stride`) from
     the top-left corner, the last row and column of windows clipped at the border, is filled
     with `baseline` (one value, or one per channel, in normalized space; 0 is the dataset mean
     when the input is standardized with the dataset's statistics).
@@ -37,8 +48,8 @@ def occlusion(model: nn.Module, x: torch.Tensor, target: torch.Tensor, *, window
     """
     check_batch(x, target)
     size = min(x.shape[-2:])
-    window = window or max(1, size // 6)
-    stride = stride or max(1, window // 2)
+    window = window or default_window(size)
+    stride = stride or default_stride(window)
     if window > size:
         raise SpecError("attribution.window",
                         f"window {window} is larger than the input ({x.shape[-2]}×{x.shape[-1]})")
