@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from reportgen.data import Dataset, TorchView, collate, load_dataset  # noqa: E402
+from reportgen.record import RecordPlan  # noqa: E402
 from reportgen.record import record  # noqa: E402
 from reportgen.spec import DatasetSpec  # noqa: E402
 
@@ -65,13 +66,13 @@ def bare(model, ds, indices, norm, batch):
 def timing(args):
     model, ds, layers, norm = setup(args.model, args.images)
     indices = np.arange(min(args.images, ds.size))
-    kw = dict(num_classes=len(ds.classes), k=9, pooled=set(indices[:5000].tolist()),
-              samples=set(indices[:8].tolist()), batch_size=args.batch, progress=False)
+    plan = RecordPlan(layers, num_classes=len(ds.classes), k=9, pooled=set(indices[:5000].tolist()),
+                      samples=set(indices[:8].tolist()), batch_size=args.batch)
     bare(model, ds, indices[: args.batch], norm, args.batch)  # warm-up
     t_bare, t_pass = [], []
     for _ in range(args.repeats):  # interleaved, best of n: robust to a busy machine
         t0 = time.perf_counter(); bare(model, ds, indices, norm, args.batch); t_bare.append(time.perf_counter() - t0)
-        t0 = time.perf_counter(); record(model, norm, ds, indices, layers, **kw); t_pass.append(time.perf_counter() - t0)
+        t0 = time.perf_counter(); record(model, norm, ds, indices, plan, progress=False); t_pass.append(time.perf_counter() - t0)
     print(f"{args.model}: {len(indices)} images, 3 layers × all filters: bare forward {min(t_bare):.2f} s, "
           f"recording pass {min(t_pass):.2f} s, ratio {min(t_pass) / min(t_bare):.3f} (goal ≤ 1.25)")
 
@@ -79,8 +80,8 @@ def timing(args):
 def peak_rss(args):
     model, ds, layers, norm = setup(args.model, args.images)
     indices = np.arange(min(args.images, ds.size))
-    record(model, norm, ds, indices, layers, num_classes=len(ds.classes), k=9,
-           pooled=set(indices[:5000].tolist()), samples=set(indices[:8].tolist()), batch_size=args.batch,
+    record(model, norm, ds, indices, RecordPlan(layers, num_classes=len(ds.classes), k=9,
+           pooled=set(indices[:5000].tolist()), samples=set(indices[:8].tolist()), batch_size=args.batch),
            progress=False)
     print(json.dumps({"images": len(indices), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 

@@ -103,12 +103,27 @@ def recording_hooks(model: nn.Module, paths: list[str], on_output):
             h.remove()
 
 
-def record(model: nn.Module, normalize, dataset: Dataset, indices: np.ndarray, layers: dict[str, int], *,
-           num_classes: int, k: int = 9, negatives: bool = False, pooled: set | None = None,
-           samples: set | None = None, batch_size: int = 64, workers: int = 0, device: str = "cpu",
-           raise_errors: bool = False, progress: bool = True) -> Evidence:
-    """One forward pass over `indices` (dataset indices), recording evidence for `layers` {path: channels}."""
-    pooled, samples = pooled or set(), samples or set()
+@dataclass
+class RecordPlan:
+    """What one pass records: the layers {path: channels} and, per filter, top-k (and bottom-k) images,
+    the pooled features of the `pooled` images and every map of the `samples` images."""
+    layers: dict[str, int]
+    num_classes: int
+    k: int = 9
+    negatives: bool = False
+    pooled: set = field(default_factory=set)     # dataset indices whose pooled features are kept
+    samples: set = field(default_factory=set)    # dataset indices whose maps are kept
+    batch_size: int = 64
+    workers: int = 0
+    device: str = "cpu"
+    raise_errors: bool = False                   # an unreadable image stops the pass instead of being skipped
+
+
+def record(model: nn.Module, normalize, dataset: Dataset, indices: np.ndarray, plan: RecordPlan,
+           progress: bool = True) -> Evidence:
+    """One forward pass over `indices` (dataset indices), recording `plan`'s evidence."""
+    layers, num_classes, k, negatives = plan.layers, plan.num_classes, plan.k, plan.negatives
+    pooled, samples, device = plan.pooled, plan.samples, plan.device
     pooled_arr, samples_arr = np.array(sorted(pooled), np.int64), np.array(sorted(samples), np.int64)
     ev = {p: LayerEvidence.empty(c, num_classes, k, negatives) for p, c in layers.items()}
     pen_dims = [m.in_features for m in model.modules() if isinstance(m, nn.Linear)][-1:]
@@ -145,8 +160,8 @@ def record(model: nn.Module, normalize, dataset: Dataset, indices: np.ndarray, l
 
     for e in ev.values():
         e.class_count = np.bincount(dataset.labels[indices], minlength=num_classes)[:num_classes].astype(np.int64)
-    loader = torch.utils.data.DataLoader(TorchView(dataset, indices, raise_errors), batch_size=batch_size,
-                                         num_workers=workers, collate_fn=collate,
+    loader = torch.utils.data.DataLoader(TorchView(dataset, indices, plan.raise_errors), batch_size=plan.batch_size,
+                                         num_workers=plan.workers, collate_fn=collate,
                                          pin_memory=device.startswith("cuda"))
     pred_index, preds, probs, skipped = [], [], {}, []
     with tqdm(total=len(indices), unit="img", desc="dataset pass", disable=not progress, leave=False) as bar, \

@@ -85,7 +85,6 @@ class LayerSpec(_Section):
 class RecordSpec(_Section):
     top_k: int = Field(9, ge=1, le=100)
     negatives: bool = False
-    histogram_bins: int = Field(40, ge=4, le=200)
     pooled_limit: int = Field(5000, ge=0, le=200_000, description="images whose pooled features are kept")
 
 

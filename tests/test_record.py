@@ -6,7 +6,7 @@ import torch
 
 from reportgen.analyses.topk import merge_topk
 from reportgen.data import load_dataset
-from reportgen.record import HIST_EDGES, record
+from reportgen.record import HIST_EDGES, RecordPlan, record
 from reportgen.spec import DatasetSpec
 from tests.helpers.tiny import FASHION_DIR, tiny_cnn
 
@@ -23,8 +23,9 @@ def setup():
 
 def run(setup, indices, **kw):
     model, ds, norm = setup
-    return record(model, norm, ds, indices, LAYERS, num_classes=10, k=5, negatives=True,
-                  pooled=set(range(0, 10000, 3)), samples={4, 77, 130}, batch_size=16, progress=False, **kw)
+    plan = RecordPlan(LAYERS, num_classes=10, k=5, negatives=True, pooled=set(range(0, 10000, 3)),
+                      samples={4, 77, 130}, batch_size=16, **kw)
+    return record(model, norm, ds, indices, plan, progress=False)
 
 
 def test_shards_merge_exactly(setup):
@@ -81,7 +82,7 @@ def test_no_hook_remains_even_on_error(setup):
     def broken(x):
         raise RuntimeError("boom")
     with pytest.raises(RuntimeError, match="boom"):
-        record(model, broken, ds, np.arange(4), LAYERS, num_classes=10, progress=False)
+        record(model, broken, ds, np.arange(4), RecordPlan(LAYERS, num_classes=10), progress=False)
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
 
 

@@ -1,1 +1,16 @@
-"""Analyses: pure computations on a model and recorded evidence. They never write HTML."""
+"""Analyses: every computation of the report, each one module following the contract in `reportgen.analysis`.
+
+`ANALYSES` is the registry: the build runs them in dependency order (`requires`, `uses`); within a page,
+their sections appear in this order. Math they share lives in the subpackages and modules they import
+(featvis/, attribution/, kernels.py, embedding.py, topk.py), which know nothing of reports.
+"""
+
+from .attribution_maps import AttributionMaps, GuidedBackprop
+from .circuits import Circuits, FirstLayerFilters
+from .explorer import LayerExplorer, OverviewExplorer
+from .feature_vis import ClassModels, FeatureVis
+
+ANALYSES = [FeatureVis(), FirstLayerFilters(), ClassModels(), Circuits(), GuidedBackprop(), LayerExplorer(),
+            OverviewExplorer(), AttributionMaps()]
+
+__all__ = ["ANALYSES"]

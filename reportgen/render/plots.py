@@ -17,6 +17,7 @@ from __future__ import annotations
 import html
 import inspect
 import math
+import re
 import os
 import shutil
 from dataclasses import dataclass
@@ -325,3 +326,28 @@ def _bokeh_url(template: str) -> str:
     if "{index}" not in template or "@" in template or "$" in template:
         raise RenderError(f"detail URL template {template!r} must contain '{{index}}' and no '@' or '$'")
     return template.replace("{index}", "@{index}")
+
+
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def stable_ids(script: str, div: str, prefix: str) -> tuple[str, str]:
+    """Bokeh's components() uses random UUIDs; number them per plot instead, so rebuilds are byte-identical."""
+    ids: dict[str, str] = {}
+    for u in _UUID.findall(div + script):
+        ids.setdefault(u, f"{prefix}-{len(ids)}")
+    for u, v in ids.items():
+        script, div = script.replace(u, v), div.replace(u, v)
+    return script, div
+
+
+def explorer_components(*args, id_prefix: str, **kwargs) -> tuple[str, str]:
+    """`explorer_plot(...)` with ids that depend only on `id_prefix` (the same bytes on every build)."""
+    from bokeh.settings import settings
+
+    # Bokeh's default "simple" ids count up across the process; UUIDs are renumbered by stable_ids instead.
+    settings.simple_ids.set_value(False)
+    try:
+        return stable_ids(*explorer_plot(*args, **kwargs), id_prefix)
+    finally:
+        settings.simple_ids.unset_value()

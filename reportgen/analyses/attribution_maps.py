@@ -1,0 +1,193 @@
+"""Attribution of sample images: occlusion, saliency, Grad-CAM, guided backprop and guided Grad-CAM, each with
+a randomized-weights sanity check (Adebayo et al.), on a page of their own with the raw maps as NPZ; and
+guided backprop of each spec filter's strongest unit on its top images, on the filter pages.
+"""
+
+import io
+
+import numpy as np
+import torch
+from pydantic import BaseModel
+
+from ..analysis import Analysis
+from ..data import sample_indices
+from ..errors import SpecError
+from ..report import rounded
+from ..render import images as im
+from . import attribution as at
+from .attribution.occlusion import default_stride, default_window
+
+
+def attribution_images(ctx) -> np.ndarray:
+    spec = ctx.spec.attribution
+    if isinstance(spec.images, list):
+        bad = [i for i in spec.images if not 0 <= i < ctx.dataset.size]
+        if bad:
+            raise SpecError("attribution.images", f"dataset index {bad[0]} is out of range (0-{ctx.dataset.size - 1})")
+        return np.array(spec.images, np.int64)
+    return sample_indices(ctx.indices, spec.images, ctx.spec.seed)
+
+
+def _window(ctx) -> tuple[int, int]:
+    s = ctx.spec.attribution
+    window = s.window or default_window(ctx.model.input_size)
+    return window, s.stride or default_stride(window)
+
+
+def _methods(ctx) -> dict:
+    s = ctx.spec.attribution
+    window, stride = _window(ctx)
+    return {"occlusion": lambda m, x, t: at.occlusion(m, x, t, window=window, stride=stride, baseline=0.0),
+            "saliency": at.saliency,
+            "gradcam": lambda m, x, t: at.grad_cam(m, x, t, s.layer),
+            "guided_backprop": at.guided_backprop,
+            "guided_gradcam": lambda m, x, t: at.guided_grad_cam(m, x, t, s.layer)}
+
+
+class AttributionRecord(BaseModel):
+    dataset_index: int
+    target: int
+    target_class: str
+    target_kind: str             # "predicted" or "true"
+    prob: float | None           # the model's probability of the target
+    method: str
+    image: str                   # the map over the image
+    array: str                   # its name in `npz`
+    randomized_similarity: float | None   # Spearman ρ with the map of the weight-randomized model
+
+
+class Attribution(BaseModel):
+    window: int                  # occlusion window and stride, input pixels
+    stride: int
+    layer: str                   # Grad-CAM's layer
+    methods: list[str]
+    npz: str
+    images: list[dict]           # image references, in page order
+    records: list[AttributionRecord]
+    sanity: dict[str, float]     # method → mean randomized similarity
+
+
+class AttributionMaps(Analysis):
+    name = "attribution"
+    spec_key = "attribution"
+    version = 2
+    SiteResult = Attribution
+
+    def compute(self, ctx, layer):
+        s = ctx.spec.attribution
+        fns = _methods(ctx)
+        kinds = ["predicted", "true"] if s.target == "both" else [s.target]
+        same_space = ctx.model.classes == ctx.dataset.classes
+
+        def work(mine: list[int]) -> dict:
+            part = {}
+            for start in range(0, len(mine), 8):
+                chunk = mine[start:start + 8]
+                x = ctx.batch(chunk)
+                with torch.no_grad():
+                    probs = ctx.model.module(x).float().softmax(1).cpu().numpy()
+                targets = {"predicted": probs.argmax(1),
+                           "true": ctx.dataset.labels[chunk] if same_space else probs.argmax(1)}
+                for n, i in enumerate(chunk):
+                    part[(i, "probs")] = probs[n]
+                for kind in kinds:
+                    t = torch.as_tensor(targets[kind], dtype=torch.long, device=ctx.device)
+                    for m in s.methods:
+                        maps = fns[m](ctx.model.module, x, t)
+                        sim = at.randomized_similarity(fns[m], ctx.model.module, x, t, seed=ctx.spec.seed) \
+                            if s.sanity_check else np.full(len(chunk), np.nan)
+                        for n, i in enumerate(chunk):
+                            part[(i, kind, m)] = (maps[n].astype(np.float32), int(targets[kind][n]), float(sim[n]))
+            return part
+
+        idx = attribution_images(ctx)
+        merged = ctx.sharded(idx.tolist(), 8, work)
+        out = {"index": idx, "meta": {"entries": []}}
+        for i in idx.tolist():                 # the page's order: images, then target kinds, then methods
+            out[f"probs_{i}"] = merged[(i, "probs")]
+            for kind in kinds:
+                for m in s.methods:
+                    data, target, sim = merged[(i, kind, m)]
+                    out[f"{m}_{kind}_{i}"] = data
+                    out["meta"]["entries"].append({"array": f"{m}_{kind}_{i}", "dataset_index": int(i),
+                                                   "target_kind": kind, "method": m, "target": target,
+                                                   "similarity": sim if np.isfinite(sim) else None})
+        return out
+
+    def report(self, ctx, res, out):
+        entries = res["meta"]["entries"]
+        window, stride = _window(ctx)
+        npz = out.file("data/attribution.npz", lambda: _npz({e["array"]: res[e["array"]] for e in entries}))
+        records = []
+        for e in entries:
+            i, m = e["dataset_index"], e["method"]
+            records.append({
+                "dataset_index": i, "target": e["target"], "target_kind": e["target_kind"], "method": m,
+                "target_class": ctx.model.classes[e["target"]] if e["target"] < len(ctx.model.classes) else str(e["target"]),
+                "prob": rounded(res[f"probs_{i}"][e["target"]], 4),
+                "image": out.image(f"attribution/{m}_{e['target_kind']}_{i}.png",
+                                   lambda i=i, m=m, a=res[e["array"]]: _overlay(ctx.dataset.image(i), m, a)),
+                "array": e["array"], "randomized_similarity": rounded(e["similarity"], 3)})
+        sims: dict[str, list] = {}
+        for r in records:
+            if r["randomized_similarity"] is not None:
+                sims.setdefault(r["method"], []).append(r["randomized_similarity"])
+        out.site({"window": window, "stride": stride,
+                  "layer": ctx.spec.attribution.layer or at._common.last_conv(ctx.model.module),
+                  "methods": list(ctx.spec.attribution.methods), "npz": npz,
+                  "images": [out.image_ref(int(i)) for i in res["index"]], "records": records,
+                  "sanity": {m: rounded(np.mean(v), 3) for m, v in sims.items()}})
+        out.page("attribution.html", "attribution.html", "Attribution")
+
+
+def _npz(arrays: dict) -> bytes:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
+def _overlay(image: np.ndarray, method: str, values: np.ndarray) -> np.ndarray:
+    """Occlusion is signed (diverging map, 0 = no change); the gradient maps are magnitudes (inferno)."""
+    if method == "occlusion":
+        return im.overlay(image, values, symmetric=True, cmap="diverging")
+    return im.overlay(image, np.abs(values), cmap="inferno")
+
+
+class GuidedImage(BaseModel):
+    dataset_index: int
+    image: str
+
+
+class GuidedBackprop(Analysis):
+    """Guided backprop of each spec filter's strongest unit on its top images (Springenberg et al.)."""
+    name = "guided_backprop"
+    spec_key = "attribution"
+    version = 2
+    per_layer = True
+    templates = {"filter": "analyses/guided_backprop.html"}
+    FilterResult = list[GuidedImage]
+    TOP = 4   # top images per filter
+
+    def applies(self, ctx, layer=None):
+        if layer is not None and len(layer.output_shape) != 3:
+            return "guided backprop needs a spatial layer"
+        return None
+
+    def compute(self, ctx, layer):
+        top = ctx.evidence.layers[layer.path].top.index
+        out = {}
+        for f in layer.filters:
+            idx = top[:self.TOP, f].tolist()
+            out[f"index_{f}"] = np.array(idx, np.int64)
+            out[f"maps_{f}"] = at.guided_backprop_unit(ctx.model.module, ctx.batch(idx), layer.path, f)
+        return out
+
+    def report(self, ctx, artifacts, out):
+        for path, art in artifacts.items():
+            slug = ctx.layer(path).slug
+            for f in ctx.layer(path).filters:
+                out.filter(path, f, [
+                    {"dataset_index": int(i),
+                     "image": out.image(f"layers/{slug}/img/f{f}_gb{n}.png",
+                                        lambda m=m: im.colorize(im.normalize01(m), "inferno"))}
+                    for n, (i, m) in enumerate(zip(art[f"index_{f}"], art[f"maps_{f}"]))])

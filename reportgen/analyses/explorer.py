@@ -1,0 +1,170 @@
+"""The representation explorer: a layer's pooled features → t-SNE / PCA points (with their trustworthiness),
+each point's nearest neighbours, and the nearest-neighbour panel (feature space vs pixel space);
+drawn as an embedded Bokeh plot with thumbnails. Per spec layer (`layers[].embedding`) and, on the
+overview, for the features before the classifier.
+"""
+
+import math
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from pydantic import BaseModel
+
+from ..analysis import Analysis
+from ..record import PENULTIMATE
+from ..render import images as im
+from ..render import plots
+from ..report import rounded
+from . import embedding as emb
+
+THUMB_MAX = 64          # thumbnails larger than this are downscaled for the sprite sheet
+PIXEL_SPACE = 32        # images are compared in pixel space at this size (keeps 5k×224 px tractable)
+SPRITE = "img/sprite.webp"
+METHODS = {"tsne": ["tsne"], "pca": ["pca"], "both": ["tsne", "pca"], "none": []}
+
+
+def thumbnails(ctx, indices) -> np.ndarray:
+    """(N, h, w, C) uint8 thumbnails of dataset images (at most THUMB_MAX px)."""
+    out = []
+    for i in np.asarray(indices).tolist():
+        img = im.to_hwc(ctx.dataset.image(i))
+        if img.shape[0] > THUMB_MAX:
+            pil = Image.fromarray(img[:, :, 0] if img.shape[2] == 1 else img)
+            img = im.to_hwc(np.asarray(pil.resize((THUMB_MAX, THUMB_MAX), Image.BILINEAR)))
+        out.append(img)
+    return np.stack(out)
+
+
+def explore(ctx, key: str, methods: list[str]) -> dict:
+    """Points, trustworthiness and neighbours of the pooled features of evidence layer `key`."""
+    e = ctx.evidence.layers[key]
+    idx, feats = e.pooled_array()
+    cap = ctx.spec.embedding.max_points
+    if len(idx) > cap:   # a seeded subset, the same for every layer (they share the sprite sheet)
+        keep = np.sort(np.random.default_rng([ctx.spec.seed, 2]).permutation(len(idx))[:cap])
+        idx, feats = idx[keep], feats[keep]
+    out = {"index": idx, "meta": {"methods": []}}
+    if len(idx) < 3:
+        return out
+    out["neighbours"] = emb.nearest_neighbours(feats, np.arange(len(idx)), k=min(6, len(idx) - 1))
+    for method in methods:
+        if method == "tsne" and len(idx) < 30:
+            continue   # t-SNE is meaningless on a handful of points
+        points = emb.embed(feats, method, ctx.spec.seed)
+        out[f"points_{method}"] = points
+        out["meta"]["methods"].append({"method": method,
+                                       "trust": emb.trustworthiness(feats, points, k=10, seed=ctx.spec.seed)})
+    labels = ctx.dataset.labels[idx]
+    queries = emb.choose_queries(labels, n=min(8, len(idx)), seed=ctx.spec.seed)
+    k = min(8, len(idx) - 1)
+    pixels = thumbnails(ctx, idx).astype(np.float32)
+    if pixels.shape[1] > PIXEL_SPACE:
+        pixels = np.stack([np.asarray(Image.fromarray(p.squeeze().astype(np.uint8)).resize(
+            (PIXEL_SPACE, PIXEL_SPACE), Image.BILINEAR), np.float32) for p in pixels])
+    out.update(queries=queries, by_feature=emb.nearest_neighbours(feats, queries, k=k),
+               by_pixel=emb.nearest_neighbours(pixels.reshape(len(idx), -1), queries, k=k))
+    return out
+
+
+class Embedding(BaseModel):
+    method: str                  # "tsne" or "pca"
+    points: list[list[float]]    # [x, y, dataset_index, label, pred] per point
+    trustworthiness: float | None
+    plot: str                    # the interactive plot drawn for the page
+
+
+class NeighbourRow(BaseModel):
+    query: dict
+    feature: list[dict]          # nearest by the layer's pooled features
+    pixel: list[dict]            # nearest by raw pixels (at most 32 px)
+    feature_same: float | None   # fraction of the query's class among them
+    pixel_same: float | None
+
+
+class Explorer(BaseModel):
+    count: int
+    same_classes: bool           # the model's outputs are the dataset's classes (misclassified marked)
+    explorers: list[Embedding]
+    neighbours: list[NeighbourRow]
+
+
+def lay_out(ctx, art: dict, out, slug: str) -> dict | None:
+    idx = art["index"]
+    if len(idx) < 3:
+        return None
+    labels = ctx.dataset.labels[idx]
+    preds = np.array([ctx.predictions.get(int(i), -1) for i in idx])
+    same = ctx.model.classes == ctx.dataset.classes
+    sprite = _sprite(ctx, out, idx)
+    explorers = []
+    for m in art["meta"]["methods"]:
+        method, points = m["method"], art[f"points_{m['method']}"]
+        record = emb.embedding_record(method, points, idx, labels, preds, m["trust"])
+        plot_id = f"{slug}-{method}"
+        out.widget(plot_id, lambda root, p=points, pid=plot_id: plots.explorer_components(
+            p, labels, preds if same else labels, idx, ctx.dataset.classes, sprite=sprite,
+            sprite_url=root + SPRITE, neighbours=art["neighbours"], panel_id=f"panel-{pid}", id_prefix=f"rg-{pid}"))
+        explorers.append(record | {"trustworthiness": rounded(m["trust"], 4), "plot": plot_id})
+    same_f = emb.same_class_fraction(art["by_feature"], labels, art["queries"])
+    same_p = emb.same_class_fraction(art["by_pixel"], labels, art["queries"])
+    ref = out.image_ref
+    rows = [{"query": ref(int(idx[q])), "feature": [ref(int(idx[j])) for j in nf],
+             "pixel": [ref(int(idx[j])) for j in npx], "feature_same": rounded(ff, 4), "pixel_same": rounded(fp, 4)}
+            for q, nf, npx, ff, fp in zip(art["queries"], art["by_feature"], art["by_pixel"], same_f, same_p)]
+    return {"count": int(len(idx)), "same_classes": same, "explorers": explorers, "neighbours": rows}
+
+
+def _sprite(ctx, out, idx: np.ndarray) -> plots.SpriteLayout:
+    """One sprite sheet of the pooled subset's thumbnails, shared by every explorer of the site."""
+    side = min(ctx.model.input_size, THUMB_MAX)
+    columns = math.ceil(math.sqrt(len(idx)))
+    out.file(SPRITE, lambda: _sprite_bytes(ctx, idx))
+    return plots.SpriteLayout(Path(SPRITE).name, len(idx), columns, math.ceil(len(idx) / columns), side, side)
+
+
+def _sprite_bytes(ctx, idx) -> bytes:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(SPRITE).name
+        plots.write_sprite_sheet(thumbnails(ctx, idx), path)
+        return path.read_bytes()
+
+
+class LayerExplorer(Analysis):
+    name = "explorer"
+    spec_key = "embedding"
+    version = 2
+    per_layer = True
+    templates = {"layer": "analyses/explorer_layer.html"}
+    LayerResult = Explorer
+
+    def applies(self, ctx, layer=None):
+        if layer is not None and not METHODS[layer.embedding]:
+            return "no embedding asked for (layers[].embedding: none)"
+        return None
+
+    def compute(self, ctx, layer):
+        return explore(ctx, layer.path, METHODS[layer.embedding])
+
+    def report(self, ctx, artifacts, out):
+        for path, art in artifacts.items():
+            out.layer(path, lay_out(ctx, art, out, ctx.layer(path).slug))
+
+
+class OverviewExplorer(Analysis):
+    """The explorer of the features the classifier reads (the last Linear layer's input), on the overview."""
+    name = "overview_explorer"
+    spec_key = "embedding"
+    version = 2
+    templates = {"overview": "analyses/explorer_overview.html"}
+    SiteResult = Explorer
+
+    def applies(self, ctx, layer=None):
+        return None if PENULTIMATE in ctx.evidence.layers else "the model has no final Linear layer"
+
+    def compute(self, ctx, layer):
+        return explore(ctx, PENULTIMATE, ["tsne"])
+
+    def report(self, ctx, art, out):
+        out.site(lay_out(ctx, art, out, "penultimate"))

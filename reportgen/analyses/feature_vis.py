@@ -1,0 +1,144 @@
+"""Synthesized images: each spec filter's "what it wants to see" (regularized gradient ascent, batched across
+filters, with variants and optionally the plain ascent beside it), and the class models of the overview.
+"""
+
+import numpy as np
+from pydantic import BaseModel, Field
+from tqdm import tqdm
+
+from ..analysis import Analysis
+from ..report import rounded
+from .featvis import Objective, Optimizer, Parameterization, RandomAffine, synthesize
+
+CURVE_POINTS = 48   # the objective curve is kept at this many steps
+
+
+def _synthesize(ctx, layer_path, units: list[int], kind: str, regularize: bool, label: str, variants: int = 1) -> dict:
+    """Images for `units`, split across ranks in whole batches; arrays with the variants of a unit adjacent."""
+    s = ctx.spec.feature_vis
+    steps, variants = s.steps, variants
+    diversity = s.diversity if variants > 1 else 0.0
+    batch = 64 if ctx.device == "cpu" else 256
+
+    def work(mine: list[int]) -> dict:
+        with tqdm(total=len(mine) * variants * steps, unit="img·step", desc=label, leave=False,
+                  disable=not (ctx.progress and ctx.group.is_main)) as bar:
+            param = Parameterization(ctx.model.channels, ctx.model.mean, ctx.model.std,
+                                     size=s.size or ctx.model.input_size, fourier=regularize)
+            res = synthesize(ctx.model.module, Objective(layer_path, mine, kind, variants, diversity), param,
+                             RandomAffine() if regularize else None,
+                             Optimizer(steps=steps, lr=s.lr, seed=ctx.spec.seed, batch_size=batch),
+                             device=ctx.device, progress=bar.update)
+        # variant v of unit u is row n with n % variants == v
+        return {(int(u), n % variants): (res.images[n], float(res.activation[n]), _curve(res.curve[n]))
+                for n, u in enumerate(res.units)}
+
+    merged = ctx.sharded(units, batch, work)
+    rows = [(u, v) for u in units for v in range(variants)]
+    return {"units": np.array(units, np.int64), "images": np.stack([merged[r][0] for r in rows]),
+            "activation": np.array([merged[r][1] for r in rows], np.float64),
+            "curve_steps": _curve_steps(steps), "curve": np.stack([merged[r][2] for r in rows])}
+
+
+def _curve_steps(steps: int) -> np.ndarray:
+    return np.unique(np.linspace(0, steps - 1, min(CURVE_POINTS, steps)).round().astype(np.int64))
+
+
+def _curve(values: np.ndarray) -> np.ndarray:
+    return values[_curve_steps(len(values))]
+
+
+class Curve(BaseModel):
+    steps: list[int]             # optimization step (1-based) of each value
+    values: list[float]          # the objective on the step's warped image
+
+
+class Synthesized(BaseModel):
+    image: str
+    activation: float | None
+
+
+class FilterVis(BaseModel):
+    image: str
+    activation: float | None     # the objective on the final, unwarped image
+    steps: int
+    size: int
+    objective: str               # "channel" (mean over positions) or "neuron" (the centre unit)
+    curve: Curve
+    variants: list[Synthesized]  # further images with the diversity term (beyond the first)
+    plain: Synthesized | None    # the plain, unregularized ascent (feature_vis.compare_plain)
+
+
+class FeatureVis(Analysis):
+    name = "feature_vis"
+    spec_key = "feature_vis"
+    version = 2
+    per_layer = True
+    templates = {"filter_top": "analyses/feature_vis.html"}
+    FilterResult = FilterVis
+
+    def _objective(self, ctx, layer) -> str:
+        return ctx.spec.feature_vis.objective if len(layer.output_shape) == 3 else "channel"
+
+    def compute(self, ctx, layer):
+        s = ctx.spec.feature_vis
+        out = _synthesize(ctx, layer.path, layer.filters, self._objective(ctx, layer), True,
+                          f"synthesis {layer.name}", variants=s.variants)
+        if s.compare_plain:
+            plain = _synthesize(ctx, layer.path, layer.filters, self._objective(ctx, layer), False, f"plain {layer.name}")
+            out.update({f"plain_{k}": v for k, v in plain.items()})
+        return out
+
+    def report(self, ctx, artifacts, out):
+        s = ctx.spec.feature_vis
+        for path, res in artifacts.items():
+            layer = ctx.layer(path)
+            variants = s.variants
+            base = f"layers/{layer.slug}/img"
+            for j, f in enumerate(layer.filters):
+                n = j * variants
+
+                def image(rel, arr=res["images"], row=n):
+                    return out.image(rel, lambda: arr[row])
+                vis = {"image": image(f"{base}/f{f}_vis.png"), "activation": rounded(res["activation"][n], 4),
+                       "steps": s.steps, "size": s.size or ctx.model.input_size,
+                       "objective": self._objective(ctx, layer),
+                       "curve": {"steps": [int(t) + 1 for t in res["curve_steps"]],
+                                 "values": [rounded(v, 4) for v in res["curve"][n]]},
+                       "variants": [{"image": image(f"{base}/f{f}_vis{v}.png", row=n + v),
+                                     "activation": rounded(res["activation"][n + v], 4)} for v in range(1, variants)],
+                       "plain": None}
+                if "plain_images" in res:
+                    vis["plain"] = {"image": image(f"{base}/f{f}_plain.png", res["plain_images"], j),
+                                    "activation": rounded(res["plain_activation"][j], 4)}
+                out.filter(path, f, vis)
+
+
+class ClassModel(BaseModel):
+    label: int
+    class_: str = Field(alias="class")
+    activation: float | None     # the logit reached
+    image: str
+
+
+class ClassModels(Analysis):
+    """Images synthesized to maximize class logits (Simonyan et al.), on the overview."""
+    name = "class_models"
+    spec_key = "feature_vis"
+    version = 2
+    templates = {"overview": "analyses/class_models.html"}
+    SiteResult = list[ClassModel]
+
+    def _classes(self, ctx) -> list[int]:
+        return [c for c in ctx.spec.feature_vis.classes if 0 <= c < len(ctx.model.classes)]
+
+    def applies(self, ctx, layer=None):
+        return None if self._classes(ctx) else "feature_vis.classes names no class of the model"
+
+    def compute(self, ctx, layer):
+        return _synthesize(ctx, None, self._classes(ctx), "logit", True, "class models")
+
+    def report(self, ctx, res, out):
+        out.site([{"label": int(c), "class": ctx.model.classes[int(c)], "activation": rounded(a, 4),
+                   "image": out.image(f"img/class_{int(c)}.png", lambda img=img: img)}
+                  for c, a, img in zip(res["units"], res["activation"], res["images"])])

@@ -1,0 +1,217 @@
+"""The contract every analysis follows, and the runner that orders, caches and runs them.
+
+An analysis is one computation of the report, in one module of `reportgen/analyses/`:
+
+    class GuidedBackprop(Analysis):
+        name = "guided_backprop"          # its key in report.json, in the cache and in page templates
+        spec_key = "attribution"          # the spec section it reads (spec.py holds its defaults)
+        version = 1                       # bump when the result changes meaning: the cache key changes
+        requires = ()                     # analyses whose reported data it reads; the runner orders by them
+        per_layer = True                  # compute() once per spec layer, each result cached on its own
+        templates = {"filter": "analyses/guided_backprop.html"}
+        FilterResult = GuidedRecord       # pydantic model of its part of report.json (the JSON Schema)
+
+        def applies(self, ctx, layer=None):  # None, or the reason it cannot run (shown in the report)
+        def compute(self, ctx, layer):       # → Artifact: numpy arrays (+ JSON-able `meta`); cached by content
+        def report(self, ctx, artifact, out):  # artifact → numbers and names in the report, plus figures
+
+Only `compute` is expensive, and it runs only on a cache miss: the key hashes the model, the dataset,
+the images used, the dataset pass's settings, the analysis' name, version and spec section, and the layer.
+`report` lays a result out as data and runs every build; rendering reads only the resulting Report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+import torch
+from pydantic import BaseModel
+
+from .artifacts import Cache, cache_key
+from .data import Dataset
+from .distributed import SINGLE, Group
+from .errors import ReportgenError
+from .layers import Layer, LayerInfo
+from .models import LoadedModel
+from .spec import Spec
+
+Artifact = dict   # {name: np.ndarray, ..., "meta": JSON-able dict}: what the cache stores
+
+
+@dataclass
+class Context:
+    """Everything a build knows about its inputs, handed to every analysis."""
+    spec: Spec
+    device: str
+    model: LoadedModel
+    dataset: Dataset
+    layers: list[Layer]
+    layer_infos: list[LayerInfo]
+    indices: np.ndarray      # dataset indices used
+    samples: np.ndarray      # dataset indices of the sample images
+    cache: Cache
+    log: object = print
+    group: Group = SINGLE
+    progress: bool = True
+    evidence: object = None            # record.Evidence, set by the dataset pass
+    receptive_fields: dict = field(default_factory=dict)   # layer path → graph.ReceptiveField
+    evidence_key: str = ""             # the dataset pass's cache key: results that read evidence depend on it
+    computed: list[str] = field(default_factory=list)     # "name" or "name:layer" computed (not cached) this build
+
+    def batch(self, indices) -> torch.Tensor:
+        """Dataset images by index → the normalized (B, C, H, W) float batch on the build's device."""
+        images = torch.from_numpy(np.stack([self.dataset.image(int(i)) for i in indices]))
+        return self.model.normalize(images.to(self.device))
+
+    def key(self, *parts) -> str:
+        """Cache key of a result that depends on the model, the images used and `parts`."""
+        images = hashlib.sha256(self.indices.astype(np.int64).tobytes()).hexdigest()
+        return cache_key(self.model.sha256, self.dataset.fingerprint, images, *parts)
+
+    def sharded(self, items: list, chunk: int, work) -> dict:
+        """`work(my_items) -> {key: value}` on this rank's chunks of `items`, merged over every rank.
+
+        Each item's result must depend only on the item (and the seed), so a split run equals a
+        single-process one.
+        """
+        mine = self.group.shard_list(list(items), chunk)
+        merged: dict = {}
+        for part in self.group.all_gather(work(mine) if mine else {}):
+            merged.update(part)
+        return merged
+
+    @property
+    def predictions(self) -> dict[int, int]:
+        """dataset index → predicted class, for every image the pass saw."""
+        if not hasattr(self, "_predictions"):
+            self._predictions = dict(zip(self.evidence.pred_index.tolist(), self.evidence.preds.tolist()))
+        return self._predictions
+
+    def layer(self, path: str) -> Layer:
+        return next(l for l in self.layers if l.path == path)
+
+
+class Analysis:
+    """Base class of every analysis; see the module docstring for the contract."""
+    name: ClassVar[str]
+    spec_key: ClassVar[str | None] = None      # None: the analysis has no options
+    version: ClassVar[int] = 1
+    requires: ClassVar[tuple[str, ...]] = ()    # must run first; skipped if one of them is skipped
+    uses: ClassVar[tuple[str, ...]] = ()        # run first when registered; their data is shown when present
+    per_layer: ClassVar[bool] = False
+    # place → template: "overview", "layer", "filter_top" (above the filter's top images) or "filter"
+    templates: ClassVar[dict[str, str]] = {}
+    template_folder: ClassVar[str | None] = None   # where `templates` are, for an analysis outside the package
+    SiteResult: ClassVar[type[BaseModel] | None] = None
+    LayerResult: ClassVar[type[BaseModel] | None] = None
+    FilterResult: ClassVar[type[BaseModel] | None] = None
+
+    def settings(self, ctx: Context):
+        """This analysis' spec section (or None)."""
+        return getattr(ctx.spec, self.spec_key) if self.spec_key else None
+
+    def enabled(self, ctx: Context) -> bool:
+        return bool(getattr(self.settings(ctx), "enabled", True))
+
+    def prepare(self, ctx: Context) -> None:
+        """Before the dataset pass: may add to `ctx.layers` what the analysis needs recorded."""
+
+    def applies(self, ctx: Context, layer: Layer | None = None) -> str | None:
+        """None if the analysis can run (on `layer`, for a per-layer one), else the reason it cannot."""
+        return None
+
+    def key_parts(self, ctx: Context) -> tuple:
+        """Inputs besides the model, data, settings and layer that the result depends on."""
+        return ()
+
+    def compute(self, ctx: Context, layer: Layer | None) -> Artifact:
+        raise NotImplementedError
+
+    def report(self, ctx: Context, artifact, out) -> None:
+        """Lay `artifact` out (a dict {layer path: artifact} for a per-layer analysis) through `out`."""
+        raise NotImplementedError
+
+
+@dataclass
+class Outcome:
+    """What the runner did with one analysis: its artifact, or why it was skipped."""
+    analysis: Analysis
+    artifact: object = None                     # Artifact, or {layer path: Artifact} when per_layer
+    skipped: str | None = None                  # reason the whole analysis did not run
+    layers_skipped: dict[str, str] = field(default_factory=dict)   # layer path → reason
+
+
+def ordered(analyses: list[Analysis]) -> list[Analysis]:
+    """Dependency order (`requires` first), otherwise the given order. Unknown names and cycles are errors."""
+    by_name = {a.name: a for a in analyses}
+    if len(by_name) != len(analyses):
+        raise ReportgenError("two analyses share a name: " + ", ".join(a.name for a in analyses))
+    out: list[Analysis] = []
+    visiting: set[str] = set()
+
+    def visit(a: Analysis) -> None:
+        if a in out:
+            return
+        if a.name in visiting:
+            raise ReportgenError(f"analysis {a.name!r} depends on itself through {sorted(visiting)}")
+        visiting.add(a.name)
+        for r in a.requires:
+            if r not in by_name:
+                raise ReportgenError(f"analysis {a.name!r} requires {r!r}, which is not registered")
+            visit(by_name[r])
+        for r in a.uses:
+            if r in by_name:
+                visit(by_name[r])
+        visiting.discard(a.name)
+        out.append(a)
+    for a in analyses:
+        visit(a)
+    return out
+
+
+def run_analyses(ctx: Context, analyses: list[Analysis]) -> dict[str, Outcome]:
+    """Every analysis in dependency order, each result loaded from the cache or computed and cached."""
+    outcomes: dict[str, Outcome] = {}
+    for a in ordered(analyses):
+        reason = None if a.enabled(ctx) else f"turned off in the spec ({a.spec_key}.enabled: false)"
+        reason = reason or next((f"needs {r}, which did not run" for r in a.requires if outcomes[r].skipped), None)
+        reason = reason or a.applies(ctx)
+        if reason:
+            outcomes[a.name] = Outcome(a, skipped=reason)
+            if a.enabled(ctx):
+                ctx.log(f"{a.name}: skipped, {reason}")
+            continue
+        outcome = Outcome(a)
+        if a.per_layer:
+            outcome.artifact = {}
+            for layer in ctx.layers:
+                why = a.applies(ctx, layer)
+                if why:
+                    outcome.layers_skipped[layer.path] = why
+                else:
+                    outcome.artifact[layer.path] = _cached(ctx, a, layer)
+        else:
+            outcome.artifact = _cached(ctx, a, None)
+        outcomes[a.name] = outcome
+    return outcomes
+
+
+def _cached(ctx: Context, a: Analysis, layer: Layer | None) -> Artifact:
+    settings = a.settings(ctx)
+    key = ctx.key(a.name, a.version, settings.model_dump(mode="json") if settings is not None else None,
+                  ctx.evidence_key, ctx.spec.seed, a.key_parts(ctx),
+                  (layer.path, layer.filters) if layer else None)
+    hit = ctx.cache.load(a.name, key)
+    if hit is not None:
+        return hit
+    label = f"{a.name}:{layer.name}" if layer else a.name
+    t0 = time.perf_counter()
+    artifact = a.compute(ctx, layer)
+    ctx.cache.save(a.name, key, artifact)
+    ctx.computed.append(label)
+    ctx.log(f"{label}: computed in {time.perf_counter() - t0:.1f} s")
+    return artifact

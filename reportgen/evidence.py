@@ -1,0 +1,90 @@
+"""The dataset pass as a build stage: cached per layer, split across ranks, plus the layers' receptive fields.
+
+`gather_evidence(ctx)` sets `ctx.evidence` (record.Evidence), `ctx.evidence_key` and
+`ctx.receptive_fields`; only layers without a cached result are recorded, in one pass.
+"""
+
+import numpy as np
+
+from .data import sample_indices
+from .errors import ModelError, SpecError
+from .graph import receptive_field
+from .record import PENULTIMATE, Evidence, RecordPlan, layer_from_arrays, layer_to_arrays, record
+
+RECORD_VERSION = "record-1"  # bump when the pass's results change meaning
+
+
+def plan(ctx, layers: dict[str, int]) -> RecordPlan:
+    """What the pass records for `layers` {path: channels}, from the spec's `record` and `dataset` sections."""
+    r, d = ctx.spec.record, ctx.spec.dataset
+    return RecordPlan(layers=layers, num_classes=len(ctx.dataset.classes), k=r.top_k, negatives=r.negatives,
+                      pooled=set(sample_indices(ctx.indices, r.pooled_limit, ctx.spec.seed + 7).tolist()),
+                      samples=set(ctx.samples.tolist()), batch_size=d.batch_size, workers=d.workers,
+                      device=ctx.device, raise_errors=d.on_error == "raise")
+
+
+def gather_evidence(ctx) -> None:
+    r = ctx.spec.record
+    params = dict(k=r.top_k, negatives=r.negatives, pooled_limit=r.pooled_limit, samples=ctx.samples.tolist())
+    ctx.evidence_key = ctx.key(RECORD_VERSION, params)
+    keys = {l.path: ctx.key(RECORD_VERSION, "layer", l.path, params) for l in ctx.layers}
+    keys[PENULTIMATE] = ctx.key(RECORD_VERSION, "predictions", params)
+    hits = {p: ctx.cache.load("record", k) for p, k in keys.items()}
+    missing = {l.path: l.channels for l in ctx.layers if hits[l.path] is None}
+    if not missing and hits[PENULTIMATE] is not None:
+        ctx.log(f"dataset pass: reusing cached results for {len(ctx.layers)} layers")
+    else:
+        mine = ctx.group.shard_batches(ctx.indices, ctx.spec.dataset.batch_size)
+        ev = record(ctx.model.module, ctx.model.normalize, ctx.dataset, mine, plan(ctx, missing),
+                    progress=ctx.progress and ctx.group.is_main)
+        parts = ctx.group.all_gather(ev)   # exact merge of every rank's shard (rank order)
+        ev = parts[0]
+        for part in parts[1:]:
+            ev.merge(part)
+        for path in missing:
+            hits[path] = layer_to_arrays(ev.layers[path])
+            ctx.cache.save("record", keys[path], hits[path])
+        hits[PENULTIMATE] = _predictions_to_arrays(ev)
+        ctx.cache.save("record", keys[PENULTIMATE], hits[PENULTIMATE])
+        ctx.computed.append("record")
+    ctx.evidence = _evidence(ctx, hits)
+    ctx.receptive_fields = receptive_fields(ctx)
+
+
+def _predictions_to_arrays(ev: Evidence) -> dict:
+    order = sorted(ev.sample_probs)
+    out = {"pred_index": ev.pred_index, "preds": ev.preds, "prob_index": np.array(order, np.int64),
+           "probs": np.stack([ev.sample_probs[i] for i in order]) if order else np.zeros((0, 1)),
+           "meta": {"skipped": [[int(i), m] for i, m in ev.skipped]}}
+    if PENULTIMATE in ev.layers:
+        out.update({f"pen_{k}": v for k, v in layer_to_arrays(ev.layers[PENULTIMATE]).items()})
+    return out
+
+
+def _evidence(ctx, hits: dict) -> Evidence:
+    p = hits[PENULTIMATE]
+    layers = {l.path: layer_from_arrays(hits[l.path]) for l in ctx.layers}
+    pen = {k[4:]: v for k, v in p.items() if k.startswith("pen_")}
+    if pen:
+        layers[PENULTIMATE] = layer_from_arrays(pen)
+    ev = Evidence(layers, p["pred_index"], p["preds"], dict(zip(p["prob_index"].tolist(), p["probs"])),
+                  [(int(i), m) for i, m in p["meta"]["skipped"]])
+    if ev.skipped:
+        names = ", ".join(ctx.dataset.names[i] for i, _ in ev.skipped[:3])
+        ctx.log(f"warning: {len(ev.skipped)} unreadable images skipped (first: {names})")
+    if len(ev.pred_index) == 0:
+        raise SpecError("dataset.root", "no readable image in the dataset")
+    return ev
+
+
+def receptive_fields(ctx) -> dict:
+    """{layer path: ReceptiveField} for every spatial layer that has one (a warning names those that don't)."""
+    out = {}
+    size = (ctx.model.input_size, ctx.model.input_size)
+    for l in ctx.layers:
+        if len(l.output_shape) == 3:
+            try:
+                out[l.path] = receptive_field(ctx.model.module, l.path, size)
+            except ModelError as exc:
+                ctx.log(f"warning: no receptive field for {l.name}: {exc}")
+    return out
