@@ -1,6 +1,8 @@
 """A whole build on a tiny model and the shipped Fashion-MNIST split; report.json checked by direct computation."""
 
+import gzip
 import json
+import struct
 
 import numpy as np
 import pytest
@@ -83,14 +85,43 @@ def test_top_classes_match_direct_computation(site):
         assert np.allclose([c["mean"] for c in f["top_classes"]], per_class[best], rtol=1e-4)
 
 
+def read_idx(path):
+    """An IDX file read by hand (big-endian dims after a 4-byte magic whose last byte is the rank)."""
+    data = gzip.decompress(path.read_bytes())
+    dims = struct.unpack(f">{data[3]}I", data[4:4 + 4 * data[3]])
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * data[3]).reshape(dims)
+
+
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot"]
+
+
 def test_accuracy_and_samples(site):
-    _, report = site
+    out, report = site
     idx, labels, _, logits = direct_outputs("features.c3")
     assert report["accuracy"] == pytest.approx((logits.argmax(1).numpy() == labels[idx]).mean(), abs=1e-6)
     assert report["dataset"] | {"fingerprint": None} == report["dataset"] | {
         "format": "fashion-mnist", "size": 10000, "used": 300, "fingerprint": None}
     assert report["model"]["num_classes"] == 10 and len(report["model"]["sha256"]) == 64
-    assert len(report["samples"]) == 3 and all(len(s["top3"]) == 3 for s in report["samples"])
+
+    # every sample's prediction, recomputed apart from reportgen: the IDX files read by hand, the model called once
+    images = read_idx(FASHION_DIR / "t10k-images-idx3-ubyte.gz")
+    truth = read_idx(FASHION_DIR / "t10k-labels-idx1-ubyte.gz")
+    samples = report["samples"]
+    at = [s["dataset_index"] for s in samples]
+    assert len(samples) == 3 and len(set(at)) == 3 and set(at) <= set(idx.tolist())
+    x = (torch.from_numpy(images[at].copy()).float().unsqueeze(1) / 255 - 0.5) / 0.25     # (3, 1, 28, 28)
+    with torch.no_grad():
+        probs = tiny_cnn().eval()(x).softmax(1).numpy()                                  # (3, 10)
+    from PIL import Image
+    for s, p in zip(samples, probs):
+        i, top = s["dataset_index"], np.argsort(-p, kind="stable")[:3]
+        assert (s["label"], s["class"]) == (int(truth[i]), FASHION_CLASSES[truth[i]])
+        assert (s["pred"], s["pred_class"]) == (int(top[0]), FASHION_CLASSES[top[0]])
+        assert [t["label"] for t in s["top3"]] == top.tolist()
+        assert [t["class"] for t in s["top3"]] == [FASHION_CLASSES[c] for c in top]
+        assert [t["prob"] for t in s["top3"]] == pytest.approx(p[top].tolist(), rel=1e-3)   # 4 significant digits
+        assert np.array_equal(np.asarray(Image.open(out / s["image"])), images[i])       # the image shown is it
 
 
 def test_pages_exist_links_relative_and_escaped(site):
@@ -130,13 +161,22 @@ def test_circuit_ranking_matches_the_weights(site):
             assert c["kind_count"] == ("excitatory" if pos > neg else "inhibitory" if neg > pos else "balanced")
             assert c["kind_sum"] == ("excitatory" if kern.sum() > 1e-5 else "inhibitory" if kern.sum() < -1e-5
                                      else "balanced")
-            # c3 reads p1 = max-pool of c2's ReLU: the traced producer is block1_conv2 (features.r2), in the report
-            assert c["source"]["layer"] in ("block1_conv2", "features.r2")
-        # contributions + bias = the conv output at each top image's argmax (averaged over the top images)
+        # contributions + bias = the conv output at each top image's argmax (averaged over the top images);
+        # every one of c3's 6 input channels is listed (top_n 10), so the sum is complete
+        assert len(got) == 6
         mean_pre = np.mean([t["score"] for t in f["top_images"]])
-        total = sum(c["contribution"] for c in got) if len(got) == 6 else None
-        if total is not None:
-            assert total + float(conv.bias[f["index"]]) == pytest.approx(mean_pre, rel=1e-3, abs=1e-4)
+        total = sum(c["contribution"] for c in got)
+        assert total + float(conv.bias[f["index"]].detach()) == pytest.approx(mean_pre, rel=1e-3, abs=1e-4)
+
+
+def test_circuit_sources_name_the_report_layer(site):
+    """c3 reads p1 = max-pool of c2's ReLU: the traced producer of every input channel is features.r2, which the
+    report shows as layer block1_conv2, whether or not that channel has a filter page."""
+    _, report = site
+    assert (report["layers"][0]["name"], report["layers"][0]["path"]) == ("block1_conv2", "features.r2")
+    for f in report["layers"][1]["filters"]:
+        assert [(c["channel"], c["source"]["layer"]) for c in f["circuit"]] == [
+            (c["channel"], "block1_conv2") for c in f["circuit"]]
 
 
 def test_feature_vis_variants_and_plain_on_the_filter_page(tmp_path):
