@@ -58,13 +58,22 @@ def test_torchscript_checkpoint(tmp_path):
     torch.jit.script(net).save(str(tmp_path / "net.pt"))
     m = load_model(ModelSpec(checkpoint=tmp_path / "net.pt"), tmp_path)
     assert outputs_equal(m.module, net)
-    assert m.channels == 1 and m.classes == [f"class {i}" for i in range(10)] or len(m.classes) == 0
+    assert (m.channels, m.input_size) == (1, 224)         # channels read off the first 4-D weight; size: default
     # its layers cannot be hooked: the error says how to get them (factory + the same file)
     with pytest.raises(ModelError, match="give the architecture as 'factory:' and keep the TorchScript file"):
         resolve_layers(m.module, [LayerSpec(name="features.c1")], 28, 1)
     both = load_model(ModelSpec(factory="tests.helpers.tiny:tiny_cnn", checkpoint=tmp_path / "net.pt"), tmp_path)
     assert outputs_equal(both.module, net)
     assert resolve_layers(both.module, [LayerSpec(name="features.c1")], 28, 1)[0].channels == 4
+
+
+def test_torchscript_checkpoint_names_its_outputs(tmp_path):
+    """A TorchScript head of 10 outputs gets 10 class names, as the same model from a factory does
+    (its submodules are RecursiveScriptModules, not nn.Linear: the last 2-D weight gives the count)."""
+    torch.jit.script(TinyCNN(3).eval()).save(str(tmp_path / "net.pt"))
+    m = load_model(ModelSpec(checkpoint=tmp_path / "net.pt"), tmp_path)
+    assert m.channels == 3
+    assert m.classes == [f"class {i}" for i in range(10)]
 
 
 def test_factory_from_spec_directory(tmp_path):
