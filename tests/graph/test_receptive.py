@@ -1,4 +1,4 @@
-"""reportgen.graph: layer lookup, find_conv, trace_source and receptive fields.
+"""reportgen.graph.receptive: receptive fields.
 
 Receptive fields are checked against autograd: the bounding box of the nonzero input gradient of a
 unit. That box equals the arithmetic one when every path carries gradient (random weights, leaky
@@ -14,10 +14,8 @@ import torch.nn as nn
 
 from reportgen.demo import fashion_cnn
 from reportgen.errors import ModelError
-from reportgen.graph import Source, find_conv, receptive_field, receptive_fields, trace, trace_source
-from tests.helpers.graph_models import (
-    Branchy, ConcatNet, DepthwiseNet, OddNet, SmallCNN, Upsampler, randomize_batchnorm, torchvision_model,
-)
+from reportgen.graph import receptive_field, receptive_fields
+from tests.helpers.graph_models import OddNet, SmallCNN, Upsampler, randomize_batchnorm, torchvision_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")  # OddNet's, on purpose
 
@@ -139,69 +137,3 @@ def test_receptive_field_errors():
         field.box(14, 0)
     with pytest.raises(ModelError, match=r"layer 'features.9' is not a module called in the model's forward"):
         receptive_field(SmallCNN(), "features.9", (28, 28))
-
-
-def test_untraceable_model_is_named():
-    with pytest.raises(ModelError, match=r"^cannot trace Branchy with torch.fx \(TraceError: symbolically traced "
-                                         r"variables cannot be used as inputs to control flow\); the graph-based "
-                                         r"sections need a traceable model$"):
-        trace(Branchy())
-
-
-def test_find_conv():
-    vgg = torchvision_model("vgg19")
-    path, conv, bn = find_conv(vgg, "features.11")  # block3_conv1's ReLU (in place)
-    assert (path, conv, bn) == ("features.10", vgg.features[10], None)
-    small = SmallCNN()
-    assert find_conv(small, "features.6") == ("features.4", small.features[4], small.features[5])
-    assert find_conv(small, "features.5") == ("features.4", small.features[4], small.features[5])
-    assert find_conv(small, "features.4") == ("features.4", small.features[4], None)  # the raw conv output
-    with pytest.raises(ModelError, match=r"^layer 'features.3' is not the output of a Conv2d: it comes from "
-                                         r"MaxPool2d 'features.3'$"):
-        find_conv(small, "features.3")
-    resnet = torchvision_model("resnet18")
-    with pytest.raises(ModelError, match=r"^layer 'layer1.0' is not the output of a Conv2d: it comes from add$"):
-        find_conv(resnet, "layer1.0")
-    assert find_conv(resnet, "layer2.0.downsample") == (
-        "layer2.0.downsample.0", resnet.layer2[0].downsample[0], resnet.layer2[0].downsample[1])
-
-
-def test_trace_source_vgg19_block3_conv1_reads_block2_conv2():
-    source = trace_source(torchvision_model("vgg19"), "features.10")
-    assert source == Source("layer", "features.7", "Conv2d", ("features.9", "features.8", "features.7"))
-    assert source.channel_sources(31) == [(source, 31)]
-    assert trace_source(torchvision_model("vgg19"), "features.0") == Source("input")
-
-
-def test_trace_source_resnet18_residual_sum():
-    resnet = torchvision_model("resnet18")
-    stem = Source("layer", "conv1", "Conv2d", ("maxpool", "relu", "bn1", "conv1"))
-    assert trace_source(resnet, "layer1.0.conv1") == stem
-    block0 = Source("sum", path=("layer1.0.relu", "layer1.0"), branches=(
-        Source("layer", "layer1.0.conv2", "Conv2d", ("layer1.0.bn2", "layer1.0.conv2")), stem))
-    block1 = Source("sum", path=("layer1.1.relu", "layer1.1", "layer1"), branches=(
-        Source("layer", "layer1.1.conv2", "Conv2d", ("layer1.1.bn2", "layer1.1.conv2")), block0))
-    assert trace_source(resnet, "layer2.0.conv1") == block1
-    assert trace_source(resnet, "layer2.0.downsample.0") == block1
-    assert [(s.producer, c) for s, c in block1.channel_sources(5)] == [
-        ("layer1.1.conv2", 5), ("layer1.0.conv2", 5), ("conv1", 5)]
-
-
-def test_trace_source_with_batchnorm_concat_and_product():
-    assert trace_source(fashion_cnn.build(), "features.conv3") == Source("layer", "features.conv2", "Conv2d", (
-        "features.pool1", "features.conv2_relu", "features.conv2_bn", "features.conv2"))
-    small = SmallCNN()
-    assert trace_source(small, "features.4") == Source(
-        "layer", "features.0", "Conv2d", ("features.3", "features.2", "features.1", "features.0"))
-    source = trace_source(ConcatNet(), "head")
-    left = Source("layer", "left", "Conv2d", ("left",))
-    right = Source("layer", "right.0", "Conv2d", ("right.1", "right", "right.0"))
-    assert source == Source("concat", branches=(left, right), offsets=(0, 2))
-    assert source.channel_sources(1) == [(left, 1)] and source.channel_sources(3) == [(right, 1)]
-    assert trace_source(ConcatNet(), "tail") == Source("other", producer_type="mul")
-    with pytest.raises(ModelError, match=r"^'relu' is not a Conv2d but ReLU 'relu'$"):
-        trace_source(ConcatNet(), "relu")
-
-
-def test_trace_source_depthwise_keeps_the_bn_path():
-    assert trace_source(DepthwiseNet(), "3") == Source("layer", "0", "Conv2d", ("2", "1", "0"))
