@@ -105,7 +105,8 @@ attribution: {{enabled: false}}
 """
 
 
-@pytest.mark.parametrize("umask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o027, 0o640, 0o750)])
+@pytest.mark.parametrize("umask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o027, 0o640, 0o750)],
+                         ids=["umask022", "umask027"])
 def test_written_modes_follow_the_umask(tmp_path, umask, file_mode, dir_mode):
     """Pages, images, the single file and directories get 0666/0777 less the umask, as any program's would."""
     spec = tmp_path / "spec.yaml"
