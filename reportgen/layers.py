@@ -13,11 +13,16 @@ import torch
 from torch import nn
 
 from .errors import ModelError, SpecError
+from .graph import find_conv
+from .graph.ops import module_op
 from .hooks import removing
 from .spec import LayerSpec, parse_filter_selection
 
-_FOLLOWERS = (nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.ELU)
-_POOLS = (nn.MaxPool2d, nn.AvgPool2d)
+
+def _kind(module: nn.Module) -> str | None:
+    """The op kind of `module` in `graph.ops` ("conv", "norm", "activation", "pool", ...), None if unknown."""
+    op = module_op(module)
+    return op.kind if op else None
 
 
 @dataclass
@@ -55,10 +60,11 @@ def keras_aliases(model: nn.Module) -> dict[str, tuple[str, str]]:
         if isinstance(child, nn.Conv2d):
             conv_i += 1
             end = i
-            while end + 1 < len(children) and isinstance(children[end + 1][1], _FOLLOWERS):
+            # Keras counts a conv's activation as part of it; the BatchNorm between them is taken along
+            while end + 1 < len(children) and _kind(children[end + 1][1]) in ("norm", "activation"):
                 end += 1
             aliases[f"block{block}_conv{conv_i}"] = (prefix + children[end][0], prefix + name)
-        elif isinstance(child, _POOLS):
+        elif _kind(child) == "pool":
             aliases[f"block{block}_pool"] = (prefix + name, "")
             block, conv_i = block + 1, 0
     return aliases
@@ -98,7 +104,6 @@ def list_layers(model: nn.Module, input_size: int, channels: int) -> list[LayerI
 
 def _producing_conv(model: nn.Module, path: str) -> str | None:
     """The conv whose output `path` is (through BN/activations), from the model graph; None if there is none."""
-    from .graph import find_conv
     try:
         return find_conv(model, path)[0]
     except ModelError:

@@ -13,7 +13,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from reportgen.errors import ModelError
 
-from .ops import ARITHMETIC, Window, cat_dim, is_adaptive, is_elementwise, node_windows
+from .ops import Window, cat_dim, node_op, node_windows, tensor_inputs
 from .trace import describe, layer_node, trace
 
 @dataclass(frozen=True, eq=False)  # eq would compare the arrays
@@ -126,9 +126,10 @@ def _geometry(gm: fx.GraphModule, node: fx.Node) -> tuple[str, tuple[Window, Win
     windows = node_windows(gm, node)
     if windows is not None:
         return "window", windows
-    if is_adaptive(gm, node):
+    op = node_op(gm, node)
+    if op is not None and op.kind == "adaptive_pool":
         return "adaptive", None
-    if is_elementwise(gm, node) or node.target in ARITHMETIC or (node.target is torch.cat and cat_dim(node) == 1):
+    if op is not None and (op.elementwise or op.kind == "arithmetic" or (op.kind == "concat" and cat_dim(node) == 1)):
         return "pointwise", None
     raise ModelError(
         f"receptive field: cannot map {describe(gm, node)} back to its input; supported are "
@@ -139,7 +140,7 @@ def _back_taps(gm: fx.GraphModule, node: fx.Node, axis: int, reads: np.ndarray):
     """Which input positions along `axis` the output positions marked in `reads` (units, n_out) read.
     Sets, not spans: a dilated or strided window has holes that a later crop may fall in."""
     kind, windows = _geometry(gm, node)
-    inputs = [arg for arg in node.all_input_nodes if arg.op != "get_attr"]
+    inputs = tensor_inputs(node)
     n_out = _shape(node)[axis]
     if kind == "pointwise":
         for arg in inputs:
@@ -165,7 +166,7 @@ def _back_extent(gm: fx.GraphModule, node: fx.Node, axis: int, span: np.ndarray)
     """Inclusive input spans (units, 2) along `axis` that output spans `span` read, without clipping
     to the image (what a unit would see in an endless image), for `ReceptiveField.size`/`stride`."""
     kind, windows = _geometry(gm, node)
-    inputs = [arg for arg in node.all_input_nodes if arg.op != "get_attr"]
+    inputs = tensor_inputs(node)
     if kind == "pointwise":
         return [(arg, span * 0 if _shape(arg)[axis] < _shape(node)[axis] else span) for arg in inputs]
     if kind == "window":

@@ -5,13 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 import torch.fx as fx
 import torch.nn as nn
 
 from reportgen.errors import ModelError
 
-from .ops import SUM, cat_dim, channel_window, is_adaptive, is_elementwise
+from .ops import cat_dim, keeps_channels, node_op, tensor_inputs
 from .trace import describe, layer_node, module_outputs, trace
 
 @dataclass(frozen=True)
@@ -59,17 +58,18 @@ def trace_source(model: nn.Module, conv_path: str) -> Source:
 
 def _source(gm: fx.GraphModule, node: fx.Node, names: dict[fx.Node, list[str]]) -> Source:
     path: list[str] = []
-    while is_elementwise(gm, node) or channel_window(gm, node) or is_adaptive(gm, node):
+    while keeps_channels(gm, node):
         path += names.get(node, [])
         node = node.all_input_nodes[0]
-    tensors = [arg for arg in node.all_input_nodes if arg.op != "get_attr"]
+    tensors, op = tensor_inputs(node), node_op(gm, node)
     if node.op == "placeholder":
         return Source("input", path=tuple(path))
-    if node.op == "call_function" and node.target in SUM and len(tensors) > 1:
+    if node.op == "call_function" and op is not None and op.sums and len(tensors) > 1:
         return Source("sum", path=tuple(path + names.get(node, [])),
                       branches=tuple(_source(gm, arg, names) for arg in tensors))
-    counts = [_channels(gm, arg) for arg in tensors] if node.target is torch.cat else [None]
-    if node.target is torch.cat and cat_dim(node) == 1 and None not in counts:
+    concat = op is not None and op.kind == "concat" and cat_dim(node) == 1
+    counts = [_channels(gm, arg) for arg in tensors] if concat else [None]
+    if concat and None not in counts:
         return Source("concat", path=tuple(path + names.get(node, [])),
                       branches=tuple(_source(gm, arg, names) for arg in tensors),
                       offsets=tuple(int(o) for o in np.cumsum([0] + counts[:-1])))
@@ -86,6 +86,6 @@ def _channels(gm: fx.GraphModule, node: fx.Node) -> int | None:
         for attribute in ("out_channels", "num_features"):
             if hasattr(module, attribute):
                 return getattr(module, attribute)
-    if is_elementwise(gm, node) or channel_window(gm, node) or is_adaptive(gm, node):
+    if keeps_channels(gm, node):
         return _channels(gm, node.all_input_nodes[0])
     return None

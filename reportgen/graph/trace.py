@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from reportgen.errors import ModelError
 
-from .ops import is_elementwise
+from .ops import is_elementwise, module_op
 
 _NOT_TRACEABLE = "cannot trace {model} with torch.fx ({error}); the graph-based sections need a traceable model"
 
@@ -78,6 +78,6 @@ def find_conv(model: nn.Module, layer: str) -> tuple[str, nn.Conv2d, nn.BatchNor
         module = gm.get_submodule(after.target) if after.op == "call_module" else None
         if isinstance(module, nn.BatchNorm2d):
             bn = module
-        if not isinstance(module, (nn.Identity, nn.Dropout, nn.Dropout2d)):
+        if module is None or module_op(module).kind not in ("identity", "dropout"):
             break
     return node.target, gm.get_submodule(node.target), bn

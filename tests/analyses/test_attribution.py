@@ -26,6 +26,7 @@ from reportgen.analyses.attribution.incremental import local_prefix
 from reportgen.analyses.attribution.occluded import OccludedForward
 from reportgen.analyses.attribution.occlusion import default_stride, default_window, window_positions
 from reportgen.errors import ModelError, SpecError
+from reportgen.graph.ops import MODULES
 from tests.helpers.attribution_models import (Failing, Untraceable, demo_cnn, hook_count, randomize_batchnorm,
                                               tiny_cnn)
 
@@ -141,6 +142,10 @@ def test_incremental_path_is_taken_and_exact(demo):
     torch.testing.assert_close(probs, ref, rtol=1e-4, atol=1e-6)
 
 
+# every activation of the op table: each must be recomputed exactly on crops
+ACTIVATIONS = [cls for cls, op in MODULES.items() if op.kind in ("activation", "identity", "dropout")]
+
+
 @st.composite
 def local_models(draw):
     """A random stack of conv/pool/BN/ReLU layers (any kernel, stride, padding, dilation, ceil
@@ -148,7 +153,7 @@ def local_models(draw):
     h, w, c = draw(st.integers(5, 13)), draw(st.integers(5, 13)), draw(st.integers(1, 3))
     layers, shape = [], (c, h, w)
     for _ in range(draw(st.integers(1, 5))):
-        kind = draw(st.sampled_from(["conv", "conv", "max", "avg", "bn", "relu"]))
+        kind = draw(st.sampled_from(["conv", "conv", "max", "avg", "bn", "relu", "act"]))
         k, s, d = draw(st.integers(1, 4)), draw(st.integers(1, 3)), draw(st.integers(1, 2))
         p = draw(st.integers(0, k // 2))
         layer = {"conv": lambda: nn.Conv2d(shape[0], draw(st.integers(1, 4)), k, s, p, d),
@@ -156,7 +161,8 @@ def local_models(draw):
                  "avg": lambda: nn.AvgPool2d(max(k, 2), s, min(p, max(k, 2) // 2),
                                              count_include_pad=draw(st.booleans())),
                  "bn": lambda: nn.BatchNorm2d(shape[0]),
-                 "relu": lambda: nn.ReLU(inplace=draw(st.booleans()))}[kind]()
+                 "relu": lambda: nn.ReLU(inplace=draw(st.booleans())),
+                 "act": lambda: draw(st.sampled_from(ACTIVATIONS))()}[kind]()
         try:
             out = layer.eval()(torch.zeros(1, *shape)).shape[1:]
         except RuntimeError:       # output would be empty

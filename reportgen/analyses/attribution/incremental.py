@@ -16,8 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-_POINTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh,
-              nn.Hardswish, nn.Hardtanh, nn.Identity)
+from ...graph.ops import module_op, node_op
 
 
 @dataclass(frozen=True)
@@ -51,8 +50,8 @@ def _pair(v) -> tuple[int, int]:
 
 
 def module_step(name: str, m: nn.Module) -> Step | None:
-    """The Step computing `m` on crops, or None if `m` is not local/pointwise in eval mode.
-    Exact types only: a subclass may override `forward` with anything."""
+    """The Step computing `m` on crops, or None if `m` is not local/pointwise in eval mode (pointwise: the
+    elementwise ops of `graph.ops`). Exact types only: a subclass may override `forward` with anything."""
     if type(m) is nn.Conv2d and m.padding_mode == "zeros" and m.padding != "same":
         pad = (0, 0) if m.padding == "valid" else _pair(m.padding)
         return Step(name, m, lambda t: F.conv2d(t, m.weight, m.bias, m.stride, 0, m.dilation, m.groups),
@@ -66,19 +65,23 @@ def module_step(name: str, m: nn.Module) -> Step | None:
         k = _pair(m.kernel_size)
         return Step(name, m, lambda t: F.avg_pool2d(t, k, _pair(m.stride), 0, divisor_override=m.divisor_override),
                     True, k, _pair(m.stride), _pair(m.padding))
-    if type(m) is nn.BatchNorm2d and not m.training and m.running_mean is not None:
-        return Step(name, m, m)
-    if type(m) in (nn.Dropout, nn.Dropout2d) and not m.training or type(m) in _POINTWISE:
-        return Step(name, m, m)
-    return None
+    op = module_op(m, exact=True)
+    if op is None or not op.elementwise:
+        return None
+    if op.kind in ("norm", "dropout") and m.training:    # training BN mixes the batch; dropout is random
+        return None
+    if op.kind == "norm" and m.running_mean is None:     # no running statistics: batch statistics, as in training
+        return None
+    return Step(name, m, m)
 
 
 def _node_step(gm: fx.GraphModule, node: fx.Node, source: fx.Node) -> Step | None:
     if node.op == "call_module" and node.args == (source,) and not node.kwargs:
         return module_step(str(node.target), gm.get_submodule(str(node.target)))
-    if node.op == "call_function" and node.target in (torch.relu, F.relu) and node.args == (source,) \
-            and set(node.kwargs) <= {"inplace"}:
-        return Step("relu", torch.relu, torch.relu)
+    op = node_op(gm, node)
+    if node.op == "call_function" and op is not None and op.kind == "activation" and node.args == (source,) \
+            and set(node.kwargs) <= {"inplace"}:                 # F.relu(x): the function with its defaults
+        return Step(node.target.__name__, node.target, node.target)
     return None
 
 
