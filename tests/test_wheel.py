@@ -126,12 +126,12 @@ def test_wheel_installs_and_builds_outside_the_checkout(tmp_path):
 
     _write_project(work)
     _run([bindir / "reportgen", "build", "spec.yaml", "-q"], cwd=work, preexec_fn=lambda: os.umask(0o022))
-    site = work / "site"
-    report = json.loads((site / "report.json").read_text())
+    out = work / "site"
+    report = json.loads((out / "report.json").read_text())
     (layer,) = report["layers"]
     assert layer["name"] == "conv2" and len(layer["filters"]) == 4
     for page in ["index.html", layer["page"], layer["filters"][0]["page"]]:
-        assert "</html>" in (site / page).read_text(encoding="utf-8"), page
-    assert (site / "static" / "style.css").read_bytes() == (REPO / "templates" / "static" / "style.css").read_bytes()
-    modes = {oct(stat.S_IMODE(p.stat().st_mode)) + ("/" if p.is_dir() else "") for p in [site, *site.rglob("*")]}
+        assert "</html>" in (out / page).read_text(encoding="utf-8"), page
+    assert (out / "static" / "style.css").read_bytes() == (REPO / "templates" / "static" / "style.css").read_bytes()
+    modes = {oct(stat.S_IMODE(p.stat().st_mode)) + ("/" if p.is_dir() else "") for p in [out, *out.rglob("*")]}
     assert modes == {"0o644", "0o755/"}
