@@ -72,7 +72,7 @@ class Circuit(BaseModel):
 class Circuits(Analysis):
     name = "circuits"
     spec_key = "circuit"
-    version = 2
+    version = 3
     per_layer = True
     uses = ("feature_vis",)      # links each input channel to its synthesized image when that ran
     templates = {"filter": "analyses/circuits.html"}
@@ -168,22 +168,23 @@ def _conv_inputs(ctx, conv_path: str, indices: list[int], batch: int = 128) -> d
 def _sources(model, source, channel: int) -> list[dict]:
     if source is None:
         return []
-    return [{"kind": leaf.kind, "producer": leaf.producer_type,
-             "layer": display_path(model, leaf) if leaf.kind == "layer" else None, "channel": ch}
+    return [{"kind": leaf.kind, "producer": leaf.producer_type, "channel": ch,
+             "layer": display_path(model, leaf) if leaf.kind == "layer" else None,
+             "path": list(leaf.path) if leaf.kind == "layer" else []}
             for leaf, ch in source.channel_sources(channel)]
 
 
 def _link(out, s: dict) -> dict:
     """A traced source with the report's page, synthesized image and patches of that channel, if any."""
+    path = s.pop("path")
     s = s | {"page": None, "image": None, "patches": []}
-    if s["layer"] is None:
-        return s
     for layer in out.report["layers"]:
-        if layer["path"] == s["layer"]:
+        if layer["path"] in path:    # the report shows this channel's layer (maybe under another module name)
+            s["layer"] = layer["name"]
             f = next((x for x in layer["filters"] if x["index"] == s["channel"]), None)
             if f:
                 vis = f.get("feature_vis")
-                s.update(layer=layer["name"], page=f["page"], image=vis["image"] if vis else None,
+                s.update(page=f["page"], image=vis["image"] if vis else None,
                          patches=[p["patch"] for p in f["top_patches"][:4]])
             break
     return s
