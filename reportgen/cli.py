@@ -1,4 +1,4 @@
-"""Command line: `reportgen build|layers|clean|serve`. The only place that prints errors and sets exit codes.
+"""Command line: `reportgen build|layers|clean|schema|serve`. The only place that prints errors and sets exit codes.
 
 Exit status: 0 success, 2 a ReportgenError (one line `error: ...`), 130 interrupted (Ctrl-C).
 """
@@ -68,6 +68,15 @@ def cmd_clean(args) -> int:
     return 0
 
 
+def cmd_schema(args) -> int:
+    """The JSON Schema of report.json (docs/report.schema.json is this output)."""
+    import json
+    from .analyses import ANALYSES
+    from .report import json_schema
+    print(json.dumps(json_schema(ANALYSES), indent=1, sort_keys=True, ensure_ascii=False))
+    return 0
+
+
 def cmd_serve(args) -> int:
     from .errors import SpecError as _SpecError
     from .serve import make_server
@@ -103,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("clean", help="remove the spec's cache (.reportgen-cache beside it)")
     p.add_argument("spec")
     p.set_defaults(func=cmd_clean)
+    p = sub.add_parser("schema", help="print the JSON Schema of report.json")
+    p.set_defaults(func=cmd_schema)
     p = sub.add_parser("serve", help="preview a site as GitHub Pages serves it under a sub-path")
     p.add_argument("site", help="the site directory")
     p.add_argument("--base", default="/", help="the sub-path, e.g. /REPO/ for https://USER.github.io/REPO/")

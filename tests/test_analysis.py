@@ -1,0 +1,162 @@
+"""The analysis contract: a new analysis in one module and one template reaches the pages and report.json,
+is cached (a second build computes nothing), and the runner orders, skips and explains."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from reportgen.analyses import ANALYSES
+from reportgen.analysis import Analysis, ordered, run_analyses
+from reportgen.build import build, prepare
+from reportgen.errors import ReportgenError
+from reportgen.evidence import gather_evidence
+from reportgen.report import json_schema, report_model
+from reportgen.spec import load_spec
+from tests.helpers.tiny import FASHION_DIR, tiny_cnn
+from tests.helpers.weight_norm import WeightNorm
+
+SPEC = f"""
+title: contract
+seed: 3
+model:
+  factory: tests.helpers.tiny:tiny_cnn
+  mean: [0.5]
+  std: [0.25]
+  input_size: 28
+dataset:
+  format: fashion-mnist
+  root: {FASHION_DIR}
+  limit: 120
+  samples: 2
+layers:
+  - name: block1_conv2
+    filters: [0, 3, 5]
+  - name: features.c3
+    filters: [1, 2]
+feature_vis: {{enabled: false}}
+attribution: {{enabled: false}}
+"""
+
+
+def _spec(tmp_path: Path):
+    (tmp_path / "spec.yaml").write_text(SPEC)
+    return load_spec(tmp_path / "spec.yaml")
+
+
+def _build(spec, analyses):
+    lines = []
+    out = build(spec, progress=False, log=lines.append, analyses=analyses)
+    return out, json.loads((out / "report.json").read_text()), lines
+
+
+def test_a_new_analysis_reaches_pages_and_report_and_is_cached(tmp_path):
+    spec = _spec(tmp_path)
+    analyses = [*ANALYSES, WeightNorm()]
+    out, report, lines = _build(spec, analyses)
+    assert any(l.startswith("weight_norm:") and "computed" in l for l in lines)
+    model = tiny_cnn()
+    convs = {"block1_conv2": model.features.c2, "features.c3": model.features.c3}
+    for layer in report["layers"]:
+        w = convs[layer["name"]].weight.detach().double()
+        norms = {f["index"]: float(w[f["index"]].norm()) for f in layer["filters"]}
+        expected_rank = {f: r + 1 for r, f in enumerate(sorted(norms, key=lambda f: -norms[f]))}
+        for f in layer["filters"]:
+            got = f["weight_norm"]
+            assert got["norm"] == pytest.approx(norms[f["index"]], rel=1e-9)
+            assert got["rank"] == expected_rank[f["index"]]
+            page = (out / f["page"]).read_text()
+            shown = f"{norms[f['index']]:.4g}"          # the page's 4 significant digits
+            assert f"data-weight-norm>{shown}</span>" in page
+    assert "weight_norm" in [a["name"] for a in report["analyses"]]
+    report_model(analyses).model_validate(report)      # report.json holds to its schema, the new part included
+
+    out, report2, lines = _build(spec, analyses)       # nothing changed: nothing is computed
+    assert lines[-1].endswith("computed: nothing (all cached)"), lines[-1]
+    assert report2 == report
+
+    class WeightNorm2(WeightNorm):
+        version = 2                                     # a changed meaning: only this analysis recomputes
+    _, _, lines = _build(spec, [*ANALYSES, WeightNorm2()])
+    assert lines[-1].split("computed: ")[1] == "weight_norm:block1_conv2, weight_norm:features.c3"
+
+
+class _Named(Analysis):
+    def __init__(self, name, requires=(), uses=()):
+        self.name, self.requires, self.uses = name, requires, uses
+
+
+def test_order_follows_requires_and_uses_then_registry_order():
+    a, b, c, d = _Named("a", requires=("c",)), _Named("b"), _Named("c", uses=("d", "missing")), _Named("d")
+    assert [x.name for x in ordered([a, b, c, d])] == ["d", "c", "a", "b"]
+    with pytest.raises(ReportgenError, match="'a' requires 'z', which is not registered"):
+        ordered([_Named("a", requires=("z",))])
+    with pytest.raises(ReportgenError, match="depends on itself"):
+        ordered([_Named("a", requires=("b",)), _Named("b", requires=("a",))])
+
+
+class _NeverApplies(Analysis):
+    name = "never"
+    SiteResult = dict
+
+    def applies(self, ctx, layer=None):
+        return "this model has no such thing"
+
+
+class _NeedsNever(Analysis):
+    name = "needs_never"
+    requires = ("never",)
+
+    def compute(self, ctx, layer):   # pragma: no cover - must not run
+        raise AssertionError("a skipped requirement must skip this analysis")
+
+
+def test_skipped_analyses_say_why_in_report_and_on_the_overview(tmp_path):
+    out, report, _ = _build(_spec(tmp_path), [*ANALYSES, _NeverApplies(), _NeedsNever()])
+    status = {a["name"]: a for a in report["analyses"]}
+    assert status["never"] == {"name": "never", "version": 1, "ran": False, "reason": "this model has no such thing"}
+    assert status["needs_never"]["reason"] == "needs never, which did not run"
+    assert status["feature_vis"]["reason"] == "turned off in the spec (feature_vis.enabled: false)"
+    assert report["never"] is None
+    index = (out / "index.html").read_text()
+    assert "this model has no such thing" in index and "needs never, which did not run" in index
+
+
+def test_per_layer_skip_reason_is_on_the_layer(tmp_path):
+    ctx = prepare(_spec(tmp_path), log=lambda *_: None)
+    ctx.progress = False
+    gather_evidence(ctx)
+
+    class OnlyFirst(WeightNorm):
+        def applies(self, ctx, layer=None):
+            return "not this one" if layer is not None and layer.name == "features.c3" else None
+    outcome = run_analyses(ctx, [OnlyFirst()])["weight_norm"]
+    assert list(outcome.artifact) == ["features.r2"] and outcome.layers_skipped == {"features.c3": "not this one"}
+
+
+def test_the_schema_in_docs_is_current():
+    """docs/report.schema.json is what `reportgen schema` prints (regenerate it when the report changes)."""
+    committed = json.loads((Path(__file__).parent.parent / "docs" / "report.schema.json").read_text())
+    assert committed == json_schema(ANALYSES)
+    assert committed["properties"]["schema_version"]["type"] == "integer"
+    assert "circuits" in json.dumps(committed) and "feature_vis" in json.dumps(committed)
+
+
+def test_report_data_holds_no_markup_or_colours(tmp_path):
+    _, report, _ = _build(_spec(tmp_path), ANALYSES)
+    text = json.dumps(report)
+    for banned in ("<svg", "<div", "<script", "#ff", "polyline", "style="):
+        assert banned not in text
+    assert not any(isinstance(v, str) and v.startswith("#") and len(v) == 7 for v in _strings(report))
+
+
+def _strings(value):
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+    elif isinstance(value, str):
+        yield value
