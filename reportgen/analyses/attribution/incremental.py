@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from ...graph.fold import effective_weights
 from ...graph.ops import module_op, node_op
 
 
@@ -123,15 +124,9 @@ def fold_batchnorm(steps: list[Step]) -> list[Step]:
         if not (type(conv) is nn.Conv2d and type(bn) is nn.BatchNorm2d):
             out.append(step)
             continue
-        with torch.no_grad():
-            scale = torch.rsqrt(bn.running_var + bn.eps)                               # (K,)
-            shift = -bn.running_mean * scale
-            if bn.affine:
-                scale, shift = scale * bn.weight, shift * bn.weight + bn.bias
-            weight = conv.weight * scale.view(-1, 1, 1, 1)
-            bias = shift if conv.bias is None else conv.bias * scale + shift
+        weight, bias = effective_weights(conv, bn)
 
-        def crop_fn(t, conv=conv, weight=weight.detach(), bias=bias.detach()):
+        def crop_fn(t, conv=conv, weight=weight, bias=bias):
             return F.conv2d(t, weight, bias, conv.stride, 0, conv.dilation, conv.groups)
 
         def full_fn(t, conv=conv, bn=bn):
