@@ -4,6 +4,7 @@ Pure numpy in, PNG files out. PNGs are written without metadata so the same pixe
 same bytes (rebuilds are byte-identical).
 """
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +12,21 @@ from PIL import Image, ImageDraw
 
 from ..artifacts import atomic_write_bytes
 
-# Anchor colours of perceptually ordered maps; interpolated linearly (written here to avoid matplotlib)
-_VIRIDIS = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], np.float64)
-_INFERNO = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], np.float64)
-_DIVERGING = np.array([[33, 102, 172], [146, 197, 222], [247, 247, 247], [244, 165, 130], [178, 24, 43]], np.float64)
-COLORMAPS = {"viridis": _VIRIDIS, "inferno": _INFERNO, "diverging": _DIVERGING}
+# Our names for matplotlib's colour maps: perceptually uniform maps for magnitudes, and a diverging map
+# (blue below the middle, red above) for signed values.
+COLORMAPS = {"viridis": "viridis", "inferno": "inferno", "diverging": "RdBu_r"}
+
+
+@functools.cache
+def _lut(cmap: str) -> np.ndarray:
+    """(N, 3) uint8: matplotlib's colours of `cmap`'s N entries (256 for ours), built on first use (imports
+    matplotlib then: most commands never draw a colour map)."""
+    import matplotlib
+
+    if cmap not in COLORMAPS:
+        raise ValueError(f"unknown colour map {cmap!r}; known: {', '.join(map(repr, COLORMAPS))}")
+    colors = matplotlib.colormaps[COLORMAPS[cmap]]
+    return colors(np.arange(colors.N), bytes=True)[:, :3]
 
 
 def to_hwc(image: np.ndarray) -> np.ndarray:
@@ -49,12 +60,12 @@ def normalize01(values: np.ndarray, symmetric: bool = False) -> np.ndarray:
 
 
 def colorize(values01: np.ndarray, cmap: str = "viridis") -> np.ndarray:
-    """(H, W) in [0, 1] → (H, W, 3) uint8."""
-    anchors = COLORMAPS[cmap]
-    pos = np.clip(values01, 0, 1) * (len(anchors) - 1)
-    grid = np.arange(len(anchors))
-    rgb = np.stack([np.interp(pos, grid, anchors[:, c]) for c in range(3)], axis=-1)
-    return np.round(rgb).astype(np.uint8)
+    """(H, W) in [0, 1] → (H, W, 3) uint8: matplotlib's colour of each value (values outside [0, 1] clipped,
+    NaN as 0). `cmap`: a key of COLORMAPS."""
+    lut = _lut(cmap)
+    v = np.clip(np.nan_to_num(np.asarray(values01, np.float64)), 0, 1)
+    # matplotlib's float lookup: entry floor(v * N), the top value 1.0 in the last entry
+    return lut[np.minimum((v * len(lut)).astype(np.int64), len(lut) - 1)]
 
 
 def resize_map(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
