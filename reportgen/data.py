@@ -17,7 +17,7 @@ import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from .errors import DataError, SpecError
-from .idx import find_idx_file, load_idx_split
+from .idx import FASHION_MNIST_CLASSES, MNIST_CLASSES, find_idx_file, load_idx_split
 from .spec import DatasetSpec
 
 Image.MAX_IMAGE_PIXELS = 64_000_000  # decompression-bomb guard: larger images are refused, not decoded
@@ -115,8 +115,7 @@ def load_dataset(spec: DatasetSpec, input_size: int, resize: int, channels: int)
             raise SpecError("dataset.root", str(exc).replace(f"{root}: ", f"{str(root)!r} has ")) from None
         images, labels = load_idx_split(root, spec.split)
         files = [find_idx_file(root, spec.split, k) for k in ("images", "labels")]
-        from .demo.fashion_cnn import CLASSES as FASHION
-        classes = FASHION if spec.format == "fashion-mnist" else [str(d) for d in range(10)]
+        classes = FASHION_MNIST_CLASSES if spec.format == "fashion-mnist" else MNIST_CLASSES
         reader = _ArrayReader(images, resize, input_size, channels)
         names = [f"{spec.split}[{i}]" for i in range(len(labels))]
         digest = _file_digest(files)

@@ -22,7 +22,8 @@ def test_idx_gzipped_and_raw(tmp_path, gz):
 def test_fashion_mnist_train_split_and_rgb_model(tmp_path):
     images, _ = write_mnist(tmp_path, n=6, split="train")
     ds = load_dataset(DatasetSpec(format="fashion-mnist", root=tmp_path, split="train"), 28, 28, 3)
-    assert ds.classes[0] == "T-shirt/top"
+    assert ds.classes == ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                          "Bag", "Ankle boot"]
     img = ds.image(2)
     assert img.shape == (3, 28, 28) and all(np.array_equal(img[c], images[2]) for c in range(3))
 
@@ -91,3 +92,16 @@ def test_subsets_are_deterministic_and_sorted():
         assert len(subset_indices(10, 20, 0)) == 10
     s = sample_indices(a, 8, seed=3)
     assert set(s) <= set(a) and len(s) == 8
+
+
+def test_loading_fashion_mnist_does_not_import_the_demo(tmp_path):
+    # The class names belong to the dataset format (idx.py), not to the demo model that happens to use them.
+    import subprocess
+    import sys
+
+    write_mnist(tmp_path, n=2)
+    code = ("import sys; from reportgen.data import load_dataset; from reportgen.spec import DatasetSpec; "
+            f"ds = load_dataset(DatasetSpec(format='fashion-mnist', root={str(tmp_path)!r}), 28, 28, 1); "
+            "print(ds.classes[9], 'reportgen.demo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "Ankle boot False"

@@ -9,8 +9,9 @@ from collections import OrderedDict
 
 from torch import nn
 
-CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-           "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+from ..idx import FASHION_MNIST_CLASSES as CLASSES  # the model's outputs, in label order
+
+__all__ = ["CLASSES", "FashionCNN", "build"]
 
 
 def _conv_bn_relu(name: str, c_in: int, c_out: int) -> list[tuple[str, nn.Module]]:
