@@ -11,6 +11,8 @@ import sys
 import urllib.error
 import warnings
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -162,13 +164,24 @@ def _ensure_weights_file(weights) -> None:
                          f"put the file in {path.parent} (TORCH_HOME/hub/checkpoints) or set TORCH_HOME") from None
 
 
+@contextmanager
+def _importable_from(directory: Path) -> Iterator[None]:
+    """Modules in `directory` are importable (before all others) inside the block; `sys.path` is restored
+    exactly after. Imported modules stay in `sys.modules`, so their classes still pickle and unpickle."""
+    saved = list(sys.path)
+    sys.path.insert(0, str(directory))
+    try:
+        yield
+    finally:
+        sys.path[:] = saved
+
+
 def _from_factory(factory: str, spec_dir: Path) -> nn.Module:
     module_name, _, attr = factory.partition(":")
-    # the user's module is importable from the spec's directory, like a script beside it
-    if str(spec_dir) not in sys.path:
-        sys.path.insert(0, str(spec_dir))
     try:
-        mod = importlib.import_module(module_name)
+        # the user's module is importable from the spec's directory, like a script beside it
+        with _importable_from(spec_dir):
+            mod = importlib.import_module(module_name)
     except ImportError as exc:
         raise SpecError("model.factory", f"cannot import {module_name!r} ({exc}); put it beside the spec or on PYTHONPATH") from None
     except Exception as exc:  # the user's module failed while importing

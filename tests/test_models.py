@@ -128,3 +128,31 @@ def test_trust_checkpoint_loads_pickles_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match="weights_only=False"):
         m = load_model(ModelSpec(checkpoint=tmp_path / "whole.pt", trust_checkpoint=True), tmp_path)
     assert outputs_equal(m.module, net)
+
+
+def test_factory_beside_the_spec_leaves_sys_path_as_it_was(tmp_path):
+    import sys
+
+    (tmp_path / "besidenet.py").write_text(
+        "import torch\nclass Net(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+        "        self.conv = torch.nn.Conv2d(1, 2, 3)\n        self.fc = torch.nn.Linear(2, 3)\n"
+        "    def forward(self, x):\n        return self.fc(self.conv(x).mean((2, 3)))\n"
+        "def make():\n    return Net()\n")
+    (tmp_path / "besidepkg").mkdir()
+    (tmp_path / "besidepkg" / "__init__.py").write_text("")
+    (tmp_path / "besidepkg" / "nets.py").write_text("from besidenet import Net\ndef make():\n    return Net()\n")
+    (tmp_path / "besidebroken.py").write_text("raise RuntimeError('broken on purpose')\n")
+    before = list(sys.path)
+    m = load_model(ModelSpec(factory="besidenet:make", input_size=8), tmp_path)
+    assert sys.path == before
+    assert type(load_model(ModelSpec(factory="besidepkg.nets:make", input_size=8), tmp_path).module).__name__ == "Net"
+    assert sys.path == before
+    with pytest.raises(SpecError, match="importing 'besidebroken' failed: RuntimeError: broken on purpose"):
+        load_model(ModelSpec(factory="besidebroken:make"), tmp_path)
+    assert sys.path == before
+    # the module stays registered under its name, so a whole pickled model of its class loads again
+    torch.save(m.module, tmp_path / "whole.pt")
+    with pytest.warns(UserWarning, match="weights_only=False"):
+        again = load_model(ModelSpec(checkpoint=tmp_path / "whole.pt", trust_checkpoint=True, input_size=8), tmp_path)
+    assert outputs_equal(again.module, m.module)
+
