@@ -5,14 +5,13 @@ templates: it draws the Report's figures and fills templates, and computes nothi
 from jinja2 import ChoiceLoader, FileSystemLoader
 from markupsafe import Markup
 
-from . import filters, plots
+from . import plots
 from .site import SiteWriter
 
 
 def render_site(writer: SiteWriter, built) -> None:
     """Write the whole site for `built` (report.Built) through `writer`."""
     env = writer.env
-    env.filters.update(filters.FILTERS)
     if built.template_folders:
         env.loader = ChoiceLoader([env.loader, *(FileSystemLoader(str(f)) for f in built.template_folders)])
     writer.copy_static()

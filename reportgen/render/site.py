@@ -12,6 +12,7 @@ import numpy as np
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from ..artifacts import atomic_write_bytes
+from .filters import FILTERS
 from .images import png_bytes
 
 # templates/ is installed as the package `reportgen.templates` (pyproject.toml): found the same way in a
@@ -20,22 +21,13 @@ TEMPLATES = "reportgen.templates"
 SITE_MARKER = ".reportgen-site"
 
 
-def _fmt(value, digits: int = 4) -> str:
-    """Numbers on pages: 4 significant digits, no '-0'."""
-    if value is None or (isinstance(value, float) and not np.isfinite(value)):
-        return "–"
-    text = f"{float(value):.{digits}g}"
-    return "0" if text in ("-0", "0") else text
-
-
 class SiteWriter:
     def __init__(self, root: Path):
         self.root = Path(root)
         self.env = Environment(loader=PackageLoader(TEMPLATES, "."), autoescape=select_autoescape(default=True),
                                undefined=StrictUndefined, keep_trailing_newline=True, trim_blocks=True,
                                lstrip_blocks=True)
-        self.env.filters["fmt"] = _fmt
-        self.env.filters["pct"] = lambda v: _fmt(100 * float(v), 3) + "%"
+        self.env.filters.update(FILTERS)
         self.written: set[str] = set()
 
     def image(self, rel: str, array: np.ndarray) -> str:
