@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from .analyses.topk import StreamingTopK
 from .data import Dataset, TorchView, collate
+from .hooks import removing
 
 # Histogram bin edges shared by every layer, so shards and layers merge without a first pass:
 # 0, ±10^-3 … ±10^4 at 16 bins per decade (ReLU outputs fill the zero bin and the positive side).
@@ -92,15 +93,14 @@ def recording_hooks(model: nn.Module, paths: list[str], on_output):
     Hooks are removed on exit, also on error.
     """
     modules = dict(model.named_modules())
-    handles = [modules[p].register_forward_hook(lambda _m, _i, out, p=p: on_output(p, out)) for p in paths]
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if linears:
-        handles.append(linears[-1].register_forward_pre_hook(lambda _m, inp: on_output(PENULTIMATE, inp[0])))
-    try:
+    with removing() as stack:
+        for p in paths:
+            stack.callback(modules[p].register_forward_hook(lambda _m, _i, out, p=p: on_output(p, out)).remove)
+        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        if linears:
+            last = linears[-1].register_forward_pre_hook(lambda _m, inp: on_output(PENULTIMATE, inp[0]))
+            stack.callback(last.remove)
         yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 @dataclass
