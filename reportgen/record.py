@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .analyses.topk import StreamingTopK
+from .topk import StreamingTopK
 from .data import Dataset, TorchView, collate
 from .hooks import removing
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from reportgen.analyses.topk import merge_topk
+from reportgen.topk import merge_topk
 from reportgen.data import load_dataset
 from reportgen.record import HIST_EDGES, RecordPlan, record
 from reportgen.spec import DatasetSpec

@@ -2,7 +2,7 @@
 
 `ANALYSES` is the registry: the build runs them in dependency order (`requires`, `uses`); within a page,
 their sections appear in this order. Math they share lives in the subpackages and modules they import
-(featvis/, attribution/, kernels.py, embedding.py, topk.py), which know nothing of reports.
+(featvis/, attribution/, kernels.py, embedding.py), which know nothing of reports.
 """
 
 from .attribution_maps import AttributionMaps, GuidedBackprop
