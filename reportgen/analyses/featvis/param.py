@@ -1,8 +1,9 @@
 """Image parameterizations: how a batch of synthesized images is written as trainable tensors.
 
-`Parameterization` is the configuration (which parameterization, image size and channels, the model's input
-normalization); its `images(generators, device)` builds the tensors. A parameterization returns an `ImageParam`: the tensors the optimizer updates, a function that turns
-them into pixels in [0, 1] (N, C, H, W), and a projection run after every optimizer step.
+`Parameterization` is the configuration (which parameterization, image size and channels, the model's
+input normalization); its `images(generators, device)` builds the tensors. A parameterization returns an
+`ImageParam`: the tensors the optimizer updates, a function that turns them into pixels in [0, 1]
+(N, C, H, W), and a projection run after every optimizer step.
 
 - `fourier_image`: the image's 2-D spectrum, scaled by 1/frequency, colours decorrelated, squashed by a
   sigmoid. Gradient ascent then moves low frequencies as easily as high ones and stays inside valid pixels,
@@ -123,6 +124,9 @@ class Parameterization:
     sd: float = 0.01
 
     def __post_init__(self):
+        for key, value, low in (("channels", self.channels, 1), ("size", self.size, 8)):
+            if value < low:
+                raise SpecError(key, f"must be at least {low}; got {value!r}.")
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
         object.__setattr__(self, "std", tuple(float(s) for s in self.std))
         if len(self.mean) != self.channels or len(self.std) != self.channels:
@@ -130,9 +134,6 @@ class Parameterization:
                                     f"got {len(self.mean)} and {len(self.std)}.")
         if any(s <= 0 for s in self.std):
             raise SpecError("std", f"std values must be positive; got {list(self.std)!r}.")
-        for key, value, low in (("in_channels", self.channels, 1), ("size", self.size, 8)):
-            if value < low:
-                raise SpecError(key, f"must be at least {low}; got {value!r}.")
 
     def images(self, generators: Sequence[torch.Generator], device: str | torch.device = "cpu") -> ImageParam:
         """One image per generator, its initial values drawn from that generator only."""
