@@ -15,7 +15,8 @@ import torch.nn.functional as F
 import torchvision
 
 from reportgen import graph
-from reportgen.analyses.kernels import capture_inputs, channel_contributions, effective_weights
+from reportgen.analyses.kernels import capture_inputs, channel_contributions
+from reportgen.graph import effective_weights
 from reportgen.graph import receptive_fields
 
 

@@ -25,7 +25,7 @@ def plan(ctx, layers: dict[str, int]) -> RecordPlan:
 
 def gather_evidence(ctx) -> None:
     r = ctx.spec.record
-    params = dict(k=r.top_k, negatives=r.negatives, pooled_limit=r.pooled_limit, samples=ctx.samples.tolist())
+    params = r.model_dump(mode="json") | {"samples": ctx.samples.tolist()}   # every record key
     ctx.evidence_key = ctx.key(RECORD_VERSION, params)
     keys = {l.path: ctx.key(RECORD_VERSION, "layer", l.path, params) for l in ctx.layers}
     keys[PENULTIMATE] = ctx.key(RECORD_VERSION, "predictions", params)

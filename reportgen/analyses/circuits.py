@@ -9,7 +9,7 @@ from torch import nn
 
 from ..analysis import Analysis
 from ..errors import ModelError
-from ..graph import find_conv, trace_source
+from ..graph import effective_weights, find_conv, trace_source
 from ..layers import Layer, keras_aliases, slugify
 from ..render import images as im
 from ..report import rounded
@@ -95,7 +95,7 @@ class Circuits(Analysis):
     def compute(self, ctx, layer):
         model = ctx.model.module
         conv_path, conv, bn = find_conv(model, layer.path)
-        weight, _bias = kx.effective_weights(conv, bn)
+        weight, _bias = effective_weights(conv, bn)
         try:
             source = trace_source(model, conv_path)
         except ModelError:
@@ -199,7 +199,7 @@ def expand_layers(model: nn.Module, layers: list[Layer], top_n: int, shapes: dic
             source = trace_source(model, conv_path)
         except ModelError:
             continue
-        weight, _ = kx.effective_weights(conv, bn)
+        weight, _ = effective_weights(conv, bn)
         for f in layer.filters:
             for stat in kx.rank_input_channels(weight, f, conv.groups, top_n):
                 for leaf, ch in source.channel_sources(stat.channel):

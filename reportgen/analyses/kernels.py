@@ -25,7 +25,7 @@ from reportgen.errors import ModelError
 from reportgen.graph import conv_windows
 
 __all__ = [
-    "ChannelStat", "capture_inputs", "channel_contributions", "effective_weights", "first_layer_filters",
+    "ChannelStat", "capture_inputs", "channel_contributions", "first_layer_filters",
     "kernel_tiles", "kind_totals", "rank_agreement", "rank_input_channels", "spearman",
 ]
 
@@ -55,22 +55,6 @@ class ChannelStat:
         keys = ("rank", "channel", "l2", "sum", "n_pos", "n_neg", "kind_count", "kind_sum",
                 "contribution", "contribution_rank")
         return {key: getattr(self, key) for key in keys}
-
-
-def effective_weights(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(weight (Cout, Cin/groups, kh, kw), bias (Cout,)) of conv, then bn (eval-mode running stats)
-    when given, as one conv: bn(conv(x)) == conv2d(x, weight, bias)."""
-    weight = conv.weight.detach()
-    bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(weight[:, 0, 0, 0])
-    if bn is None:
-        return weight.clone(), bias.clone()
-    if bn.running_var is None:
-        raise ModelError(f"{bn} keeps no running statistics, so it cannot be folded into the conv before it")
-    scale = bn.running_var.detach().add(bn.eps).rsqrt()
-    if bn.weight is not None:
-        scale = scale * bn.weight.detach()
-    shift = bn.bias.detach() if bn.bias is not None else torch.zeros_like(scale)
-    return weight * scale[:, None, None, None], (bias - bn.running_mean.detach()) * scale + shift
 
 
 def _group(weight: torch.Tensor, filter: int, groups: int) -> tuple[np.ndarray, int]:

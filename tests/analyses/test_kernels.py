@@ -9,12 +9,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from reportgen.analyses.kernels import (
-    KINDS, capture_inputs, channel_contributions, effective_weights, first_layer_filters, kernel_tiles,
+    KINDS, capture_inputs, channel_contributions, first_layer_filters, kernel_tiles,
     kind_totals, rank_agreement, rank_input_channels, spearman,
 )
 from reportgen.demo import fashion_cnn
 from reportgen.errors import ModelError
-from reportgen.graph import find_conv
+from reportgen.graph import effective_weights, find_conv
 from tests.helpers.graph_models import DepthwiseNet, OddNet, randomize_batchnorm, torchvision_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")  # OddNet's, on purpose
@@ -79,24 +79,6 @@ def test_kinds_by_count_and_by_sum_by_hand():
     assert kind_totals(stats) == {"count": {"excitatory": 1, "inhibitory": 1, "balanced": 1},
                                   "sum": {"excitatory": 0, "inhibitory": 2, "balanced": 1}}
     assert set(KINDS) == {"excitatory", "inhibitory", "balanced"}
-
-
-@pytest.mark.parametrize("bias, affine", [(True, True), (False, True), (True, False)])
-def test_effective_weights_fold_batchnorm(bias, affine):
-    torch.manual_seed(0)
-    conv, bn = nn.Conv2d(4, 6, 3, padding=1, bias=bias), randomize_batchnorm(nn.BatchNorm2d(6, affine=affine))
-    x = torch.randn(2, 4, 9, 9)
-    weight, b = effective_weights(conv, bn)
-    assert torch.allclose(F.conv2d(x, weight, b, padding=1), bn(conv(x)), atol=1e-5)
-    weight, b = effective_weights(conv, None)
-    assert torch.allclose(F.conv2d(x, weight, b, padding=1), conv(x), atol=1e-6)
-
-
-def test_batchnorm_without_running_stats_is_refused():
-    bn = nn.BatchNorm2d(6, track_running_stats=False)
-    with pytest.raises(ModelError, match=r"^BatchNorm2d\(6, .*\) keeps no running statistics, so it cannot be "
-                                         r"folded into the conv before it$"):
-        effective_weights(nn.Conv2d(4, 6, 3), bn)
 
 
 def _layer_output(model, layer, x):
