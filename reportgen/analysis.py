@@ -61,6 +61,7 @@ class Context:
     receptive_fields: dict = field(default_factory=dict)   # layer path → graph.ReceptiveField
     evidence_key: str = ""             # the dataset pass's cache key: results that read evidence depend on it
     computed: list[str] = field(default_factory=list)     # "name" or "name:layer" computed (not cached) this build
+    strict: bool = False               # a part of the report that cannot be made is an error, not a note
 
     def batch(self, indices) -> torch.Tensor:
         """Dataset images by index → the normalized (B, C, H, W) float batch on the build's device."""
@@ -114,7 +115,8 @@ class Analysis:
         """This analysis' spec section (or None)."""
         return getattr(ctx.spec, self.spec_key) if self.spec_key else None
 
-    def enabled(self, ctx: Context) -> bool:
+    def enabled(self, ctx: Context, layer: Layer | None = None) -> bool:
+        """Whether the spec asks for this analysis (on `layer`); one not asked for is not "absent"."""
         return bool(getattr(self.settings(ctx), "enabled", True))
 
     def prepare(self, ctx: Context) -> None:
@@ -138,11 +140,12 @@ class Analysis:
 
 @dataclass
 class Outcome:
-    """What the runner did with one analysis: its artifact, or why it was skipped."""
+    """What the runner did with one analysis: its artifact, or why it is absent from the report."""
     analysis: Analysis
     artifact: object = None                     # Artifact, or {layer path: Artifact} when per_layer
-    skipped: str | None = None                  # reason the whole analysis did not run
-    layers_skipped: dict[str, str] = field(default_factory=dict)   # layer path → reason
+    absent: str | None = None                   # why the analysis did not run at all
+    layers_absent: dict[str, str] = field(default_factory=dict)   # layer path → why not on that layer
+    wanted: list[Layer] = field(default_factory=list)             # per-layer: the layers the spec asks it for
 
 
 def ordered(analyses: list[Analysis]) -> list[Analysis]:
@@ -173,31 +176,72 @@ def ordered(analyses: list[Analysis]) -> list[Analysis]:
     return out
 
 
-def run_analyses(ctx: Context, analyses: list[Analysis]) -> dict[str, Outcome]:
-    """Every analysis in dependency order, each result loaded from the cache or computed and cached."""
+def check_analyses(ctx: Context, analyses: list[Analysis]) -> dict[str, Outcome]:
+    """Before the dataset pass: which analyses (and layers) can run, and why the others cannot.
+
+    With `ctx.strict`, any analysis that cannot run (other than one turned off in the spec) is an error,
+    all of them listed in one message.
+    """
     outcomes: dict[str, Outcome] = {}
     for a in ordered(analyses):
-        reason = None if a.enabled(ctx) else f"turned off in the spec ({a.spec_key}.enabled: false)"
-        reason = reason or next((f"needs {r}, which did not run" for r in a.requires if outcomes[r].skipped), None)
-        reason = reason or a.applies(ctx)
-        if reason:
-            outcomes[a.name] = Outcome(a, skipped=reason)
-            if a.enabled(ctx):
-                ctx.log(f"{a.name}: skipped, {reason}")
-            continue
-        outcome = Outcome(a)
-        if a.per_layer:
-            outcome.artifact = {}
-            for layer in ctx.layers:
-                why = a.applies(ctx, layer)
-                if why:
-                    outcome.layers_skipped[layer.path] = why
-                else:
-                    outcome.artifact[layer.path] = _cached(ctx, a, layer)
-        else:
-            outcome.artifact = _cached(ctx, a, None)
-        outcomes[a.name] = outcome
+        o = outcomes[a.name] = Outcome(a)
+        o.absent = (None if a.enabled(ctx) else f"turned off in the spec ({a.spec_key}.enabled: false)") \
+            or next((f"needs {r}, which cannot run" for r in a.requires if outcomes[r].absent), None) \
+            or a.applies(ctx)
+        if o.absent is None and a.per_layer:
+            o.wanted = [l for l in ctx.layers if a.enabled(ctx, l)]
+            o.layers_absent = {l.path: why for l in o.wanted if (why := a.applies(ctx, l))}
+    if ctx.strict:
+        problems = [f"{o.analysis.name}: {o.absent}" for o in outcomes.values()
+                    if o.absent and o.analysis.enabled(ctx)]
+        problems += [f"{o.analysis.name} on {ctx.layer(p).name}: {why}"
+                     for o in outcomes.values() for p, why in o.layers_absent.items()]
+        if problems:
+            raise ReportgenError(f"--strict: {len(problems)} part(s) of the report cannot be made: " + "; ".join(problems))
+    for o in outcomes.values():
+        if o.absent and o.analysis.enabled(ctx):
+            ctx.log(f"{o.analysis.name}: not in this report, {o.absent}")
     return outcomes
+
+
+def run_analyses(ctx: Context, outcomes: dict[str, Outcome]) -> dict[str, Outcome]:
+    """Each analysis that can run, in dependency order, loaded from the cache or computed and cached.
+
+    An analysis that fails is absent from the report with the error as its reason (an error with
+    `ctx.strict`); what was computed before it stays in the cache.
+    """
+    for o in outcomes.values():
+        a = o.analysis
+        o.absent = o.absent or next((f"needs {r}, which did not run" for r in a.requires if outcomes[r].absent), None)
+        if o.absent:
+            continue
+        if not a.per_layer:
+            o.artifact, o.absent = _guarded(ctx, a, None)
+            continue
+        o.artifact = {}
+        for layer in o.wanted:
+            if layer.path not in o.layers_absent:
+                art, why = _guarded(ctx, a, layer)
+                if why:
+                    o.layers_absent[layer.path] = why
+                else:
+                    o.artifact[layer.path] = art
+    return outcomes
+
+
+def _guarded(ctx: Context, a: Analysis, layer: Layer | None) -> tuple[Artifact | None, str | None]:
+    """(artifact, None), or (None, why) when the computation raised: a report without this part beats no report."""
+    try:
+        return _cached(ctx, a, layer), None
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:   # noqa: BLE001 - any failure of one analysis must not lose the others' work
+        where = f"{a.name} on {layer.name}" if layer else a.name
+        why = f"failed: {exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
+        if ctx.strict:
+            raise ReportgenError(f"--strict: {where} {why}") from exc
+        ctx.log(f"warning: {where} {why}; the report is built without it")
+        return None, why
 
 
 def _cached(ctx: Context, a: Analysis, layer: Layer | None) -> Artifact:

@@ -11,12 +11,12 @@ from pathlib import Path
 import torch
 
 from .analyses import ANALYSES
-from .analysis import Analysis, Context, run_analyses
+from .analysis import Analysis, Context, check_analyses, run_analyses
 from .artifacts import Cache
 from .data import load_dataset, sample_indices, subset_indices
 from .distributed import SINGLE, Group
 from .errors import SpecError
-from .evidence import gather_evidence
+from .evidence import gather_evidence, receptive_fields
 from .layers import list_layers, resolve_layers
 from .models import load_model
 from .output import write_site
@@ -35,7 +35,8 @@ def pick_device(name: str) -> str:
 
 def prepare(spec: Spec, use_cache: bool = True, log=print, group: Group = SINGLE,
             analyses: list[Analysis] = ANALYSES) -> Context:
-    """Load model and data and resolve layers: everything before the first heavy computation."""
+    """Load model and data, resolve layers, trace receptive fields: everything that can fail before the first
+    heavy computation, so that it fails in seconds."""
     device = pick_device(spec.device)
     torch.manual_seed(spec.seed)
     model = load_model(spec.model, spec.spec_path)
@@ -52,21 +53,27 @@ def prepare(spec: Spec, use_cache: bool = True, log=print, group: Group = SINGLE
     for a in analyses:
         if a.enabled(ctx):
             a.prepare(ctx)   # e.g. circuits.expand adds the layers that feed the spec's filters
+    ctx.receptive_fields = receptive_fields(ctx)
     return ctx
 
 
 def build(spec: Spec, out: Path | None = None, use_cache: bool = True, progress: bool = True, log=print,
-          group: Group = SINGLE, analyses: list[Analysis] = ANALYSES) -> Path:
-    """Build the site for `spec` into `out` (default: the spec's `output`). Returns the site path."""
+          group: Group = SINGLE, analyses: list[Analysis] = ANALYSES, strict: bool = False) -> Path:
+    """Build the site for `spec` into `out` (default: the spec's `output`). Returns the site path.
+
+    strict: a part of the report that cannot be made (an analysis that does not apply to this model, or
+    fails) is an error instead of a note in the report.
+    """
     t0 = time.perf_counter()
     out = Path(out) if out else spec.output
     log = log if group.is_main else (lambda *_: None)
     ctx = prepare(spec, use_cache, log, group, analyses)
-    ctx.progress = progress
+    ctx.progress, ctx.strict = progress, strict
+    outcomes = check_analyses(ctx, analyses)      # before the pass: what cannot run says so now
     log(f"model {ctx.model.source}: {len(ctx.layers)} layers, dataset {ctx.dataset.format} "
         f"({len(ctx.indices)} of {ctx.dataset.size} images), device {ctx.device}")
     gather_evidence(ctx)
-    outcomes = run_analyses(ctx, analyses)
+    run_analyses(ctx, outcomes)
     report = assemble(ctx, outcomes, out)
     protected = [spec.spec_file or spec.spec_path, spec.dataset.root] + ([spec.model.checkpoint] if spec.model.checkpoint else [])
     if group.is_main:   # the other ranks write nothing outside the cache

@@ -30,7 +30,7 @@ def cmd_build(args) -> int:
     group = init_from_env(pick_device(spec.device))   # under torchrun: this process's rank
     try:
         out = build(spec, out=Path(args.out).absolute() if args.out else None, use_cache=not args.no_cache,
-                    progress=not args.quiet, log=_log, group=group)
+                    progress=not args.quiet, log=_log, group=group, strict=args.strict)
     finally:
         shutdown()
     if not group.is_main:
@@ -103,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="output directory (overrides the spec's 'output')")
     p.add_argument("--no-cache", action="store_true", help="recompute everything")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--strict", action="store_true",
+                   help="fail when a part of the report cannot be made for this model (default: a note in the report)")
     p.add_argument("--single-file", nargs="?", const="", default=None, metavar="HTML",
                    help="also write the whole site as one .html (default: OUTPUT.html)")
     p.set_defaults(func=cmd_build)

@@ -1,7 +1,7 @@
 """The dataset pass as a build stage: cached per layer, split across ranks, plus the layers' receptive fields.
 
-`gather_evidence(ctx)` sets `ctx.evidence` (record.Evidence), `ctx.evidence_key` and
-`ctx.receptive_fields`; only layers without a cached result are recorded, in one pass.
+`gather_evidence(ctx)` sets `ctx.evidence` (record.Evidence) and `ctx.evidence_key`; only layers without a
+cached result are recorded, in one pass. `receptive_fields(ctx)` needs only the model (checked before the pass).
 """
 
 import numpy as np
@@ -48,7 +48,6 @@ def gather_evidence(ctx) -> None:
         ctx.cache.save("record", keys[PENULTIMATE], hits[PENULTIMATE])
         ctx.computed.append("record")
     ctx.evidence = _evidence(ctx, hits)
-    ctx.receptive_fields = receptive_fields(ctx)
 
 
 def _predictions_to_arrays(ev: Evidence) -> dict:

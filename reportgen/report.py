@@ -114,7 +114,7 @@ class Layer(_Strict):
     channels: int
     page: str
     activation_maps: list[ActivationMaps]
-    skipped: dict[str, str]      # analysis name → why it did not run on this layer
+    absent: dict[str, str]       # analysis name → why it is not on this layer
     filters: list[Filter]
 
 
@@ -156,8 +156,7 @@ class DatasetInfo(_Strict):
 class AnalysisStatus(_Strict):
     name: str
     version: int
-    ran: bool
-    reason: str | None           # why it did not run (None when it ran)
+    absent: str | None           # why it is not in the report (None when it is)
 
 
 class Page(_Strict):
@@ -277,8 +276,8 @@ def assemble(ctx, outcomes: dict, site) -> Built:
         schema_version=SCHEMA_VERSION, title=ctx.spec.title, seed=ctx.spec.seed, reportgen_version=__version__,
         model=_model(ctx), dataset=_dataset(ctx), accuracy=_accuracy(ctx), samples=_samples(ctx, built),
         layers=[_layer(ctx, built, l) for l in ctx.layers],
-        analyses=[{"name": o.analysis.name, "version": o.analysis.version, "ran": o.skipped is None,
-                   "reason": o.skipped} for o in outcomes.values()],
+        analyses=[{"name": o.analysis.name, "version": o.analysis.version, "absent": o.absent}
+                  for o in outcomes.values()],
         pages=[{"title": "How this was built", "page": "build.html"}],
         provenance=provenance(ctx.spec, site, ctx.model.sha256, ctx.dataset.fingerprint))
     built.page_templates["build.html"] = "build.html"
@@ -296,9 +295,9 @@ def assemble(ctx, outcomes: dict, site) -> Built:
                 layer[name] = None
             for f in layer["filters"] if a.FilterResult else []:
                 f[name] = None
-            if layer["path"] in o.layers_skipped:
-                layer["skipped"][name] = o.layers_skipped[layer["path"]]
-        if o.skipped is None:
+            if layer["path"] in o.layers_absent:
+                layer["absent"][name] = o.layers_absent[layer["path"]]
+        if o.absent is None:
             a.report(ctx, o.artifact, Layout(ctx, built, name))
     return built
 
@@ -350,7 +349,7 @@ def _layer(ctx, built, layer) -> dict:
                      "grid": _figure(built, f"{base}/img/maps_{i}.png", _map_grid, e.sample_maps[i], cols)})
     return {"name": layer.name, "path": layer.path, "conv_path": layer.conv_path, "slug": layer.slug,
             "output_shape": list(layer.output_shape), "channels": layer.channels, "page": f"{base}/index.html",
-            "activation_maps": maps, "skipped": {}, "filters": [_filter(ctx, built, layer, f) for f in layer.filters]}
+            "activation_maps": maps, "absent": {}, "filters": [_filter(ctx, built, layer, f) for f in layer.filters]}
 
 
 def _figure(built, rel, draw, *args) -> str:

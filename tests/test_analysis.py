@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from reportgen.analyses import ANALYSES
-from reportgen.analysis import Analysis, ordered, run_analyses
+from reportgen.analysis import Analysis, check_analyses, ordered, run_analyses
 from reportgen.build import build, prepare
 from reportgen.errors import ReportgenError
 from reportgen.evidence import gather_evidence
@@ -115,12 +115,13 @@ class _NeedsNever(Analysis):
 def test_skipped_analyses_say_why_in_report_and_on_the_overview(tmp_path):
     out, report, _ = _build(_spec(tmp_path), [*ANALYSES, _NeverApplies(), _NeedsNever()])
     status = {a["name"]: a for a in report["analyses"]}
-    assert status["never"] == {"name": "never", "version": 1, "ran": False, "reason": "this model has no such thing"}
-    assert status["needs_never"]["reason"] == "needs never, which did not run"
-    assert status["feature_vis"]["reason"] == "turned off in the spec (feature_vis.enabled: false)"
+    assert status["never"] == {"name": "never", "version": 1, "absent": "this model has no such thing"}
+    assert status["needs_never"]["absent"] == "needs never, which cannot run"
+    assert status["feature_vis"]["absent"] == "turned off in the spec (feature_vis.enabled: false)"
+    assert status["circuits"]["absent"] is None
     assert report["never"] is None
     index = (out / "index.html").read_text()
-    assert "this model has no such thing" in index and "needs never, which did not run" in index
+    assert "this model has no such thing" in index and "needs never, which cannot run" in index
 
 
 def test_per_layer_skip_reason_is_on_the_layer(tmp_path):
@@ -131,8 +132,8 @@ def test_per_layer_skip_reason_is_on_the_layer(tmp_path):
     class OnlyFirst(WeightNorm):
         def applies(self, ctx, layer=None):
             return "not this one" if layer is not None and layer.name == "features.c3" else None
-    outcome = run_analyses(ctx, [OnlyFirst()])["weight_norm"]
-    assert list(outcome.artifact) == ["features.r2"] and outcome.layers_skipped == {"features.c3": "not this one"}
+    outcome = run_analyses(ctx, check_analyses(ctx, [OnlyFirst()]))["weight_norm"]
+    assert list(outcome.artifact) == ["features.r2"] and outcome.layers_absent == {"features.c3": "not this one"}
 
 
 def test_the_schema_in_docs_is_current():
@@ -160,3 +161,51 @@ def _strings(value):
             yield from _strings(v)
     elif isinstance(value, str):
         yield value
+
+
+class _FailsOnC3(WeightNorm):
+    name = "fails_on_c3"
+
+    def compute(self, ctx, layer):
+        if layer.name == "features.c3":
+            raise RuntimeError("cannot run here\nsecond line")
+        return super().compute(ctx, layer)
+
+
+def test_an_analysis_that_fails_late_leaves_a_note_and_keeps_the_rest(tmp_path):
+    spec = _spec(tmp_path)
+    out, report, lines = _build(spec, [*ANALYSES, _FailsOnC3()])
+    c3 = report["layers"][1]
+    assert c3["absent"] == {"fails_on_c3": "failed: RuntimeError: cannot run here"}
+    assert all(f["fails_on_c3"] is None for f in c3["filters"])
+    assert all(f["fails_on_c3"]["norm"] > 0 for f in report["layers"][0]["filters"])
+    assert "warning: fails_on_c3 on features.c3 failed: RuntimeError: cannot run here; the report is built without it" in lines
+    page = (out / c3["filters"][0]["page"]).read_text()
+    assert "is not shown for this layer: failed: RuntimeError: cannot run here." in page
+    _, _, lines = _build(spec, [*ANALYSES, _FailsOnC3()])      # what succeeded is cached; the failure is retried
+    assert lines[-1].split("computed: ")[1] == "nothing (all cached)"
+
+
+STRICT_SPEC = SPEC.replace("  - name: features.c3\n    filters: [1, 2]\n", "  - name: fc\n    filters: [0]\n").replace(
+    "attribution: {enabled: false}", "attribution: {images: 1, methods: [saliency], sanity_check: false}")
+
+
+def test_strict_turns_notes_into_one_error_before_the_pass(tmp_path):
+    import subprocess
+    import sys
+    (tmp_path / "spec.yaml").write_text(STRICT_SPEC)
+    cmd = [sys.executable, "-m", "reportgen", "build", str(tmp_path / "spec.yaml"), "-q"]
+    run = subprocess.run(cmd + ["--strict"], capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    assert run.returncode == 2
+    errors = [l for l in run.stderr.splitlines() if l.startswith("error:")]
+    assert errors == ["error: --strict: 2 part(s) of the report cannot be made: circuits on fc: no circuit: layer 'fc' "
+                      "is not the output of a Conv2d: it comes from Linear 'fc'; guided_backprop on fc: guided backprop "
+                      "needs a spatial layer"], run.stderr
+    assert "dataset pass" not in run.stderr and not (tmp_path / "site").exists()
+    run = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    assert run.returncode == 0, run.stderr
+    report = json.loads((tmp_path / "site" / "report.json").read_text())
+    assert report["layers"][1]["absent"] == {"circuits": report["layers"][1]["absent"]["circuits"],
+                                             "guided_backprop": "guided backprop needs a spatial layer"}
+    page = (tmp_path / "site" / report["layers"][1]["filters"][0]["page"]).read_text()
+    assert "Guided backprop</strong> is not shown for this layer: guided backprop needs a spatial layer." in page

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from pydantic import BaseModel
+from torch import nn
 
 from ..analysis import Analysis
 from ..record import PENULTIMATE
@@ -139,10 +140,8 @@ class LayerExplorer(Analysis):
     templates = {"layer": "analyses/explorer_layer.html"}
     LayerResult = Explorer
 
-    def applies(self, ctx, layer=None):
-        if layer is not None and not METHODS[layer.embedding]:
-            return "no embedding asked for (layers[].embedding: none)"
-        return None
+    def enabled(self, ctx, layer=None):
+        return layer is None or bool(METHODS[layer.embedding])     # layers[].embedding: none asks for none
 
     def compute(self, ctx, layer):
         return explore(ctx, layer.path, METHODS[layer.embedding])
@@ -161,7 +160,8 @@ class OverviewExplorer(Analysis):
     SiteResult = Explorer
 
     def applies(self, ctx, layer=None):
-        return None if PENULTIMATE in ctx.evidence.layers else "the model has no final Linear layer"
+        has_linear = any(isinstance(m, nn.Linear) for m in ctx.model.module.modules())
+        return None if has_linear else "the model has no final Linear layer whose input features to show"
 
     def compute(self, ctx, layer):
         return explore(ctx, PENULTIMATE, ["tsne"])
