@@ -7,6 +7,7 @@ name its outputs (classes, input size, channels, mean/std) and the sha256 of its
 import hashlib
 import importlib
 import os
+import re
 import sys
 import urllib.error
 import warnings
@@ -65,7 +66,7 @@ def load_model(spec: ModelSpec, spec_dir: Path) -> LoadedModel:
         module = _from_factory(spec.factory, spec_dir)
         info = {"source": f"factory {spec.factory}"}
         if spec.checkpoint:
-            _load_state_dict(module, spec.checkpoint, spec.trust_checkpoint)
+            _load_state_dict(module, spec.checkpoint, spec.trust_checkpoint, spec.factory)
             info["source"] += f" + {spec.checkpoint.name}"
     else:
         module = _load_checkpoint_module(spec.checkpoint, spec.trust_checkpoint)
@@ -112,8 +113,10 @@ def _classes(spec: ModelSpec, info: dict, module: nn.Module) -> list[str]:
         return [line.strip() for line in lines if line.strip()]
     if info.get("classes"):
         return list(info["classes"])
+    # the last Linear's outputs; a TorchScript module has no nn.Linear children: its last 2-D weight's rows
     last_linear = [m for m in module.modules() if isinstance(m, nn.Linear)]
-    n = last_linear[-1].out_features if last_linear else 0
+    last_2d = [p for p in module.parameters() if p.dim() == 2]
+    n = last_linear[-1].out_features if last_linear else last_2d[-1].shape[0] if last_2d else 0
     return [f"class {i}" for i in range(n)]
 
 
@@ -198,20 +201,78 @@ def _from_factory(factory: str, spec_dir: Path) -> nn.Module:
     return module
 
 
-def _torch_load(path: Path, trust: bool):
+# --- checkpoints: read the file, find the weights in it, fit them to the factory's module -----------------
+# Written here rather than taken from a library: no well-kept package unwraps training-script checkpoints.
+# Keys under which training scripts put the weights beside epoch/optimizer/args, in the order they are tried.
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net")
+# Prefixes that wrappers add to every key: DataParallel/DDP (`module.`) and torch.compile (`_orig_mod.`).
+PREFIXES = ("module.", "_orig_mod.")
+
+
+def _checkpoint_error(message: str) -> SpecError:
+    return SpecError("model.checkpoint", message)
+
+
+def _first(items: list, n: int = 3) -> str:
+    return ", ".join(map(str, items[:n])) + (", …" if len(items) > n else "")
+
+
+def _read_weights(path: Path, trust: bool) -> tuple[dict | nn.Module, str]:
+    """(the state_dict or module a checkpoint file holds, how it held it: "a {'state_dict': …} dict", ...).
+    torch.save files are loaded with weights_only=True unless the spec trusts the file."""
     if not path.is_file():
-        raise SpecError("model.checkpoint", f"no file {str(path)!r}")
+        raise _checkpoint_error(f"no file {str(path)!r}")
+    if _is_safetensors(path):
+        return _safetensors_load(path), "a safetensors state_dict"
+    if _is_torchscript(path):
+        return _jit_load(path), "a TorchScript model"
+    return _find_weights(_torch_load(path, trust), path)
+
+
+def _torch_load(path: Path, trust: bool):
     if trust:
         warnings.warn(f"loading {path.name} with weights_only=False (model.trust_checkpoint): "
-                      "it can run arbitrary code", stacklevel=2)
+                      "it can run arbitrary code", stacklevel=3)
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust)
     except Exception as exc:  # torch.load raises many types (UnpicklingError, RuntimeError, ...)
         if "Weights only load failed" in str(exc):
-            raise ModelError(f"{path.name} holds pickled Python objects besides tensors and was refused "
-                             "(weights_only=True); if you trust this file set model.trust_checkpoint: true") from None
-        raise ModelError(f"{path.name}: not a checkpoint saved by torch.save "
-                         f"({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else 'unreadable'})") from None
+            found = _unsafe_globals(path, str(exc))
+            raise _checkpoint_error(f"{path.name} holds pickled Python objects besides tensors"
+                                    f"{f' ({_first(found)})' if found else ''} and was refused (weights_only=True); "
+                                    "if you trust this file set model.trust_checkpoint: true, "
+                                    "or re-save only its state_dict") from None
+        raise _checkpoint_error(f"{path.name} is not a checkpoint saved by torch.save, TorchScript or safetensors "
+                                f"({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else 'unreadable'})"
+                                ) from None
+
+
+def _unsafe_globals(path: Path, message: str) -> list[str]:
+    """The Python classes/functions that made weights_only loading refuse the file, the user's own first."""
+    try:
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # the legacy (pre-1.6, non-zip) format: the refusal names the first one
+        found = re.findall(r"GLOBAL ([\w.]+) was not an allowed global", message)
+    return sorted(set(found), key=lambda name: (name.startswith("torch."), name))
+
+
+def _is_safetensors(path: Path) -> bool:
+    """By suffix, or by content: an 8-byte little-endian header length, then the JSON header's '{'."""
+    if path.suffix == ".safetensors":
+        return True
+    with path.open("rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size
+
+
+def _safetensors_load(path: Path) -> dict:
+    from safetensors.torch import load_file  # imported only where a safetensors file is read
+
+    try:
+        return load_file(path, device="cpu")
+    except Exception as exc:  # safetensors' SafetensorError, or OSError
+        raise _checkpoint_error(f"{path.name} is not a readable safetensors file "
+                                f"({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from None
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -227,39 +288,79 @@ def _jit_load(path: Path):
             warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice is not the user's concern
             return torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:
-        raise ModelError(f"{path.name}: cannot load TorchScript model ({str(exc).splitlines()[0]})") from None
+        raise _checkpoint_error(f"{path.name}: cannot load TorchScript model ({str(exc).splitlines()[0]})") from None
+
+
+def _is_state_dict(obj) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def _find_weights(obj, path: Path) -> tuple[dict | nn.Module, str]:
+    """The weights in what torch.save pickled: a state_dict, one under a WRAPPER_KEYS key, or a module."""
+    if isinstance(obj, nn.Module):
+        return obj, f"a pickled {type(obj).__name__}"
+    if _is_state_dict(obj):
+        return obj, "a state_dict"
+    if isinstance(obj, dict):
+        for key in WRAPPER_KEYS:
+            inner = obj.get(key)
+            if _is_state_dict(inner):
+                return inner, f"a {{{key!r}: …}} dict"
+            if isinstance(inner, nn.Module):
+                return inner, f"a pickled {type(inner).__name__} under {key!r}"
+        keys = _first([repr(k) for k in obj], 5) or "none"
+        raise _checkpoint_error(f"{path.name} holds a dict without weights (keys: {keys}); expected a state_dict, "
+                                f"or one under {', '.join(map(repr, WRAPPER_KEYS[:-1]))} or {WRAPPER_KEYS[-1]!r}")
+    raise _checkpoint_error(f"{path.name} holds a {type(obj).__name__}, not a state_dict or a model")
+
+
+def _unwrap_module(module: nn.Module) -> nn.Module:
+    """The model inside DataParallel/DDP/torch.compile wrappers, so its layers have their own names."""
+    while isinstance(module, (nn.DataParallel, nn.parallel.DistributedDataParallel)) or hasattr(module, "_orig_mod"):
+        module = module.module if hasattr(module, "module") else module._orig_mod
+    return module
+
+
+def _strip_prefixes(state: dict, model_keys: set[str]) -> tuple[dict, str]:
+    """Remove the wrappers' prefixes that every key carries and the model's keys do not: (state, removed)."""
+    removed = ""
+    while state and (prefix := next((p for p in PREFIXES if all(k.startswith(p) for k in state)
+                                     and not all(k.startswith(p) for k in model_keys)), None)):
+        state = {k[len(prefix):]: v for k, v in state.items()}
+        removed += prefix
+    return state, removed
 
 
 def _load_checkpoint_module(path: Path, trust: bool) -> nn.Module:
-    """A checkpoint without a factory must be TorchScript (it carries its own code)."""
-    if _is_torchscript(path):
-        return _jit_load(path)
-    obj = _torch_load(path, trust)
-    if isinstance(obj, nn.Module):
-        return obj
-    raise SpecError("model.checkpoint", f"{path.name} holds a state_dict, not a model; add 'factory: module:callable' "
-                                        "that builds the architecture")
+    """A checkpoint without a factory must hold a model: TorchScript, or a pickled module (trusted)."""
+    weights, how = _read_weights(path, trust)
+    if isinstance(weights, nn.Module):
+        return _unwrap_module(weights)
+    raise _checkpoint_error(f"{path.name} holds {how}, not a model; add 'factory: module:callable' "
+                            "that builds the architecture")
 
 
-def _load_state_dict(module: nn.Module, path: Path, trust: bool) -> None:
-    """Load a state_dict file, or the weights of a TorchScript file, into the factory's module."""
-    state = _jit_load(path).state_dict() if _is_torchscript(path) else _torch_load(path, trust)
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]  # the common {'state_dict': ..., 'epoch': ...} wrapper
-    if not isinstance(state, dict):
-        raise ModelError(f"{path.name}: expected a state_dict, found {type(state).__name__}")
-    try:
-        result = module.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shapes differ
-        detail = [l.strip() for l in str(exc).splitlines() if "size mismatch" in l][:3]
-        raise ModelError(f"{path.name} does not match the factory's model: {'; '.join(detail) or exc}") from None
-    shape_err = None
-    if result.missing_keys or result.unexpected_keys:
-        parts = []
-        if result.missing_keys:
-            parts.append("missing " + ", ".join(result.missing_keys[:5]))
-        if result.unexpected_keys:
-            parts.append("unexpected " + ", ".join(result.unexpected_keys[:5]))
-        shape_err = "; ".join(parts)
-    if shape_err:
-        raise ModelError(f"{path.name} does not match the factory's model: {shape_err}")
+def _load_state_dict(module: nn.Module, path: Path, trust: bool, factory: str) -> None:
+    """Load the weights a checkpoint holds into the factory's module, or say exactly how they do not fit."""
+    weights, how = _read_weights(path, trust)
+    own = module.state_dict()
+    state = weights.state_dict() if isinstance(weights, nn.Module) else weights
+    state, removed = _strip_prefixes(state, set(own))
+    found = how + (f", {removed!r} prefix removed" if removed else "")
+    shapes = {k: (tuple(v.shape), tuple(own[k].shape)) for k, v in state.items()
+              if k in own and v.shape != own[k].shape}
+    result = module.load_state_dict({k: v for k, v in state.items() if k not in shapes}, strict=False)
+    # checkpoints saved before PyTorch 0.4.1 have no BatchNorm num_batches_tracked (a counter, not a weight)
+    missing = [k for k in result.missing_keys if k not in shapes and not k.endswith(".num_batches_tracked")]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing key{'s' if len(missing) > 1 else ''} ({_first(missing)})")
+    if result.unexpected_keys:
+        parts.append(f"{len(result.unexpected_keys)} unexpected ({_first(result.unexpected_keys)})")
+    if shapes:
+        listed = "; ".join(f"{k}: checkpoint {a}, model {b}" for k, (a, b) in list(shapes.items())[:2])
+        parts.append(f"{len(shapes)} shape mismatch{'es' if len(shapes) > 1 else ''} "
+                     f"({listed}{'; …' if len(shapes) > 2 else ''})")
+    if parts:
+        raise _checkpoint_error(f"checkpoint {path.name!r} ({found}) does not fit {factory}: {', '.join(parts)}")

@@ -100,9 +100,11 @@ def test_mismatched_state_dict_lists_keys(tmp_path):
     state = tiny_cnn().state_dict()
     state["extra.weight"] = state.pop("fc.weight")
     torch.save(state, tmp_path / "w.pt")
-    with pytest.raises(ModelError, match=r"w.pt does not match the factory's model: missing fc.weight; "
-                                         r"unexpected extra.weight"):
+    with pytest.raises(SpecError) as info:
         load_model(ModelSpec(factory="tests.helpers.tiny:tiny_cnn", checkpoint=tmp_path / "w.pt"), tmp_path)
+    assert info.value.key == "model.checkpoint"
+    assert info.value.message == ("checkpoint 'w.pt' (a state_dict) does not fit tests.helpers.tiny:tiny_cnn: "
+                                  "1 missing key (fc.weight), 1 unexpected (extra.weight)")
 
 
 def test_missing_weights_offline_names_file_and_directory(tmp_path, monkeypatch):
@@ -123,7 +125,7 @@ def test_missing_weights_offline_names_file_and_directory(tmp_path, monkeypatch)
 def test_trust_checkpoint_loads_pickles_with_a_warning(tmp_path):
     net = tiny_cnn().eval()
     torch.save(net, tmp_path / "whole.pt")                      # a pickled module, refused by default
-    with pytest.raises(ModelError, match="set model.trust_checkpoint: true"):
+    with pytest.raises(SpecError, match="set model.trust_checkpoint: true"):
         load_model(ModelSpec(checkpoint=tmp_path / "whole.pt"), tmp_path)
     with pytest.warns(UserWarning, match="weights_only=False"):
         m = load_model(ModelSpec(checkpoint=tmp_path / "whole.pt", trust_checkpoint=True), tmp_path)
