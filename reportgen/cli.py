@@ -72,7 +72,7 @@ def cmd_schema(args) -> int:
     """The JSON Schema of report.json (docs/report.schema.json is this output)."""
     import json
     from .analyses import ANALYSES
-    from .report import json_schema
+    from .schema import json_schema
     print(json.dumps(json_schema(ANALYSES), indent=1, sort_keys=True, ensure_ascii=False))
     return 0
 

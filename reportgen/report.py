@@ -1,10 +1,10 @@
 """The Report: every number and name on the pages, assembled from the dataset pass and the analyses.
 
-`assemble(ctx, outcomes, site)` builds it; rendering reads nothing else. `Report.data` is exactly what
-`report.json` holds (schema below, versioned by `SCHEMA_VERSION`, JSON Schema in docs/report.schema.json):
-numbers, names and site-relative file paths, never colours, markup or prose. Besides the data, a
-Report carries what rendering draws: `figures` (site path → a function returning the image) and
-`files` (site path → a function returning bytes), and `widgets` (interactive plots, drawn per page).
+`assemble(ctx, outcomes, site)` builds it; rendering reads nothing else. `Built.data` is exactly what
+`report.json` holds (schema in schema.py, versioned by `SCHEMA_VERSION`, JSON Schema in docs/report.schema.json):
+numbers, names and site-relative file paths, never colours, markup or prose. Besides the data, `Built`
+carries what rendering draws: `figures` (site path → a function returning the image), `files` (site path →
+a function returning bytes) and `widgets` (interactive plots, drawn per page).
 
 Reading it from Python:
 
@@ -16,17 +16,15 @@ Reading it from Python:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from . import __version__
 from .provenance import provenance
-from .record import HIST_EDGES, PENULTIMATE
+from .record import HIST_EDGES
 from .render import images as im
-
-SCHEMA_VERSION = 2   # 1: the first release (page context minus a blacklist); 2: data only, analyses by name
+from .schema import SCHEMA_VERSION
 
 
 def rounded(x, digits: int = 6):
@@ -34,166 +32,6 @@ def rounded(x, digits: int = 6):
     return None if x is None or not np.isfinite(x) else float(f"{float(x):.{digits}g}")
 
 
-# -- the schema of the core report (what the dataset pass found); analyses add their own parts --------
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-
-class ImageRef(_Strict):
-    dataset_index: int
-    name: str
-    label: int
-    class_: str = Field(alias="class")      # the true class's name ("class" is a Python keyword)
-    pred: int | None
-    pred_class: str | None
-    image: str
-
-
-class Prob(_Strict):
-    label: int
-    class_: str = Field(alias="class")
-    prob: float
-
-
-class Sample(ImageRef):
-    top3: list[Prob]
-
-
-class TopImage(ImageRef):
-    score: float | None
-    location: list[int]
-
-
-class Patch(_Strict):
-    dataset_index: int
-    box: list[int]           # (top, left, bottom, right) in input pixels, bottom/right exclusive
-    patch: str
-    outlined: str
-
-
-class ClassMean(_Strict):
-    label: int
-    class_: str = Field(alias="class")
-    mean: float | None
-
-
-class Histogram(_Strict):
-    edges: list[float | None]    # bin i is (edges[i], edges[i+1]]; ±inf at the open ends are null
-    counts: list[int]
-
-
-class Overlay(_Strict):
-    dataset_index: int
-    image: str
-
-
-class ActivationMaps(_Strict):
-    dataset_index: int
-    image: str
-    grid: str
-    columns: int
-
-
-class Filter(_Strict):
-    index: int
-    page: str
-    top_images: list[TopImage]
-    top_patches: list[Patch]
-    bottom_images: list[TopImage]
-    top_classes: list[ClassMean]
-    histogram: Histogram
-    activation_overlays: list[Overlay]
-
-
-class Layer(_Strict):
-    name: str
-    path: str
-    conv_path: str | None
-    slug: str
-    output_shape: list[int]
-    channels: int
-    page: str
-    activation_maps: list[ActivationMaps]
-    absent: dict[str, str]       # analysis name → why it is not on this layer
-    filters: list[Filter]
-
-
-class ArchitectureRow(_Strict):
-    path: str
-    alias: str | None
-    type: str
-    output_shape: list[int]
-    params: int
-
-
-class ModelInfo(_Strict):
-    sha256: str
-    num_classes: int
-    source: str
-    input_size: int
-    channels: int
-    mean: list[float]
-    std: list[float]
-    architecture: list[ArchitectureRow]
-
-
-class Skip(_Strict):
-    dataset_index: int
-    error: str
-
-
-class DatasetInfo(_Strict):
-    format: str
-    split: str
-    size: int
-    used: int
-    fingerprint: str
-    classes: list[str]
-    skipped: list[Skip]
-    skipped_count: int
-
-
-class AnalysisStatus(_Strict):
-    name: str
-    version: int
-    absent: str | None           # why it is not in the report (None when it is)
-
-
-class Page(_Strict):
-    title: str
-    page: str
-
-
-class Report(_Strict):
-    schema_version: int
-    title: str
-    seed: int
-    reportgen_version: str
-    model: ModelInfo
-    dataset: DatasetInfo
-    accuracy: float | None
-    samples: list[Sample]
-    layers: list[Layer]
-    analyses: list[AnalysisStatus]
-    pages: list[Page]            # pages beyond the overview, layers and filters (analysis pages, build)
-    provenance: dict[str, Any]
-
-
-def report_model(analyses) -> type[Report]:
-    """The Report schema with every analysis' parts: `report[name]`, `layer[name]`, `filter[name]`."""
-    def extend(base, attr):
-        fields = {a.name: (getattr(a, attr) | None, None) for a in analyses if getattr(a, attr) is not None}
-        return create_model(base.__name__, __base__=base, **fields) if fields else base
-    filter_m = extend(Filter, "FilterResult")
-    layer_m = create_model("Layer", __base__=extend(Layer, "LayerResult"), filters=(list[filter_m], ...))
-    return create_model("Report", __base__=extend(Report, "SiteResult"), layers=(list[layer_m], ...))
-
-
-def json_schema(analyses) -> dict:
-    return report_model(analyses).model_json_schema(by_alias=True)
-
-
-# -- assembling ------------------------------------------------------------------------------------
 @dataclass
 class Built:
     """The Report's data plus what rendering draws from it."""

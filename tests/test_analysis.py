@@ -12,7 +12,7 @@ from reportgen.analysis import Analysis, check_analyses, ordered, run_analyses
 from reportgen.build import build, prepare
 from reportgen.errors import ReportgenError
 from reportgen.evidence import gather_evidence
-from reportgen.report import json_schema, report_model
+from reportgen.schema import json_schema, report_model
 from reportgen.spec import load_spec
 from tests.helpers.tiny import FASHION_DIR, tiny_cnn
 from tests.helpers.weight_norm import WeightNorm
