@@ -3,10 +3,13 @@
 Every dataset yields uint8 images (C, S, S) at the model's input size and channel count,
 so pages show exactly what the model saw; normalization happens on the device
 (`LoadedModel.normalize`). `dataset_index` is an image's index in the full dataset in its
-loader's order, before any `limit` subset.
+loader's order, before any `limit` subset. An ImageFolder image is named by its path relative to the
+root (POSIX), in `Dataset.names` and in the error for an unreadable one, so a report names no path of the
+machine that built it.
 """
 
 import hashlib
+import os
 import pickle
 import warnings
 from dataclasses import dataclass
@@ -42,7 +45,7 @@ def to_model_image(img: Image.Image, resize: int, crop: int, channels: int) -> n
     left, top = (w - crop) // 2, (h - crop) // 2
     img = img.crop((left, top, left + crop, top + crop))
     arr = np.asarray(img, dtype=np.uint8)
-    return arr[None] if channels == 1 else arr.transpose(2, 0, 1).copy()
+    return arr[None].copy() if channels == 1 else arr.transpose(2, 0, 1).copy()  # writable, for torch
 
 
 @dataclass
@@ -53,7 +56,7 @@ class Dataset:
     classes: list[str]
     labels: np.ndarray       # (size,) int64
     fingerprint: str
-    names: list[str]         # a short name per image (file name, or 'test[123]')
+    names: list[str]         # a short name per image ('cat/img0.png' relative to the root, or 'test[123]')
     _reader: object          # callable(index) -> uint8 (C, S, S), raises DataError
 
     def image(self, index: int) -> np.ndarray:
@@ -78,20 +81,23 @@ class _ArrayReader:
 
 
 class _FileReader:
-    def __init__(self, paths: list[str], resize: int, crop: int, channels: int):
-        self.paths, self.resize, self.crop, self.channels = paths, resize, crop, channels
+    """Image files `root / name`. An unreadable one raises DataError naming it by `name` alone: the message can
+    reach a report (skipped images, a failed analysis's note), which names no path of the building machine."""
+
+    def __init__(self, root: Path, names: list[str], resize: int, crop: int, channels: int):
+        self.root, self.names, self.resize, self.crop, self.channels = root, names, resize, crop, channels
 
     def __call__(self, index: int) -> np.ndarray:
-        path = self.paths[index]
+        name = self.names[index]
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with Image.open(path) as img:
+                with Image.open(self.root / name) as img:
                     img.load()
                     return to_model_image(img, self.resize, self.crop, self.channels)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
                 Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise DataError(f"{path}: unreadable image ({exc.__class__.__name__}: {str(exc)[:80]})") from None
+            raise DataError(f"{name}: unreadable image ({exc.__class__.__name__}: {str(exc)[:80]})") from None
 
 
 def _file_digest(paths: list[Path]) -> str:
@@ -124,12 +130,11 @@ def load_dataset(spec: DatasetSpec, input_size: int, resize: int, channels: int)
         reader = _ArrayReader(images, resize, input_size, channels)
         names = [f"{spec.split}[{i}]" for i in range(len(labels))]
     else:
-        paths, labels, classes = _scan_imagefolder(root)
-        reader = _FileReader(paths, resize, input_size, channels)
-        names = [str(Path(p).relative_to(root)) for p in paths]
+        names, labels, classes = _scan_imagefolder(root)
+        reader = _FileReader(root, names, resize, input_size, channels)
         h = hashlib.sha256()
-        for p in paths:
-            h.update(f"{Path(p).relative_to(root)}:{Path(p).stat().st_size};".encode())
+        for name in names:
+            h.update(f"{name}:{(root / name).stat().st_size};".encode())
         digest = h.hexdigest()
     if len(labels) == 0:
         raise DataError(f"{root}: the dataset is empty")
@@ -174,18 +179,37 @@ def _load_cifar10(root: Path, split: str):
     return data.transpose(0, 2, 3, 1).copy(), labels, classes, _file_digest(files)
 
 
-def _scan_imagefolder(root: Path):
-    """ImageFolder's own scan (class = sub-folder, sorted), every file kept: unreadable ones are skipped later."""
-    import torchvision
-    try:
-        classes, class_to_idx = torchvision.datasets.folder.find_classes(str(root))
-    except FileNotFoundError as exc:
-        raise DataError(f"{root}: {exc} (an ImageFolder root holds one sub-folder per class)") from None
-    samples = torchvision.datasets.folder.make_dataset(
-        str(root), class_to_idx, is_valid_file=lambda p: not Path(p).name.startswith("."), allow_empty=True)
+def _scan_imagefolder(root: Path) -> tuple[list[str], np.ndarray, list[str]]:
+    """ImageFolder's own scan: (image names relative to `root`, POSIX; labels; classes).
+
+    A class is a sub-folder (sorted); an image is a file with one of torchvision's IMG_EXTENSIONS, in any case.
+    Hidden files and folders (`.DS_Store`, `._img.jpg`, `.ipynb_checkpoints/`, `.git/`) are neither. Images
+    that turn out unreadable are skipped later. A class folder without images stays a class (warned): leaving
+    it out would shift the labels of the classes after it away from the model's outputs.
+    """
+    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension, make_dataset
+
+    # not torchvision's find_classes: it counts hidden folders as classes
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    if not classes:
+        raise DataError(f"{root}: no class folder (an ImageFolder root holds one sub-folder per class)")
+
+    def is_image(path: str) -> bool:
+        hidden = any(part.startswith(".") for part in Path(path).relative_to(root).parts)
+        return not hidden and has_file_allowed_extension(path, IMG_EXTENSIONS)
+
+    samples = make_dataset(str(root), {c: i for i, c in enumerate(classes)}, is_valid_file=is_image,
+                           allow_empty=True)
     if not samples:
-        raise DataError(f"{root}: the dataset is empty (no files in its class folders)")
-    return [p for p, _ in samples], np.array([c for _, c in samples], np.int64), classes
+        endings = ", ".join(IMG_EXTENSIONS[:-1]) + f" or {IMG_EXTENSIONS[-1]}"
+        raise DataError(f"{root}: the dataset is empty (no file ending in {endings} in its class folders)")
+    labels = np.array([c for _, c in samples], np.int64)
+    empty = np.flatnonzero(np.bincount(labels, minlength=len(classes)) == 0)
+    if len(empty):
+        folders = ", ".join(f"{classes[i]!r} (label {i})" for i in empty)
+        warnings.warn(f"dataset.root: no image in class folder{'s' if len(empty) > 1 else ''} {folders}; kept, so "
+                      "that the other classes keep their labels", stacklevel=3)
+    return [Path(p).relative_to(root).as_posix() for p, _ in samples], labels, classes
 
 
 def subset_indices(size: int, limit: int | None, seed: int) -> np.ndarray:

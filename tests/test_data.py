@@ -1,13 +1,16 @@
 """Each dataset format, on tiny files the tests write in the real formats; subsets are deterministic."""
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from reportgen.data import load_dataset, sample_indices, subset_indices, to_model_image
+from reportgen.data import TorchView, load_dataset, sample_indices, subset_indices, to_model_image
 from reportgen.errors import DataError, SpecError
 from reportgen.spec import DatasetSpec
-from tests.helpers.tiny import write_cifar10, write_imagefolder, write_mnist
+from tests.helpers.tiny import (write_cifar10, write_corrupt_image, write_folder_clutter, write_imagefolder,
+                                write_mnist)
 
 
 @pytest.mark.parametrize("gz", [True, False])
@@ -66,6 +69,86 @@ def test_imagefolder_resize_crop_and_classes(tmp_path):
     src = Image.open(tmp_path / "dog" / "img0.png").convert("RGB").resize((37, 28), Image.BILINEAR)
     expected = np.asarray(src)[2:26, 6:30].transpose(2, 0, 1)
     assert np.array_equal(ds.image(3), expected)
+
+
+def test_imagefolder_leaves_out_files_that_are_not_images(tmp_path):
+    write_imagefolder(tmp_path, per_class=2, classes=("cat", "dog"))
+    write_folder_clutter(tmp_path, "cat")
+    Image.new("RGB", (30, 30)).save(tmp_path / "dog" / "SHOUT.JPG")        # extensions in any case are images
+    Image.new("RGB", (30, 30)).save(tmp_path / "dog" / "scan.TIFF")
+    ds = load_dataset(DatasetSpec(format="imagefolder", root=tmp_path), 28, 28, 3)
+    assert ds.size == 6
+    assert ds.names == ["cat/img0.png", "cat/img1.png", "dog/SHOUT.JPG", "dog/img0.png", "dog/img1.png",
+                        "dog/scan.TIFF"]
+
+
+def test_imagefolder_hidden_folders_are_not_classes(tmp_path):
+    write_imagefolder(tmp_path, per_class=2, classes=("cat", "dog"))
+    write_folder_clutter(tmp_path, "dog")          # .git/, .ipynb_checkpoints/ (with a PNG) at the root and in dog/
+    ds = load_dataset(DatasetSpec(format="imagefolder", root=tmp_path), 28, 28, 3)
+    assert ds.classes == ["cat", "dog"] and list(ds.labels) == [0, 0, 1, 1]
+    assert ds.names == ["cat/img0.png", "cat/img1.png", "dog/img0.png", "dog/img1.png"]
+
+
+def test_imagefolder_empty_class_folder_keeps_its_label_and_is_named(tmp_path):
+    # A test split may lack a class the model was trained on; leaving the folder out would shift every later
+    # label by one, so it stays a class (as in training) and a warning names it.
+    write_imagefolder(tmp_path, per_class=2, classes=("ant", "bee", "cow", "dog"))
+    for c in ("bee", "cow"):
+        for p in (tmp_path / c).iterdir():
+            p.unlink()
+    (tmp_path / "cow" / "notes.txt").write_text("no cows this time")
+    with pytest.warns(UserWarning) as caught:
+        ds = load_dataset(DatasetSpec(format="imagefolder", root=tmp_path), 28, 28, 3)
+    assert [str(w.message) for w in caught] == [
+        "dataset.root: no image in class folders 'bee' (label 1), 'cow' (label 2); kept, so that the other classes "
+        "keep their labels"]
+    assert ds.classes == ["ant", "bee", "cow", "dog"] and list(ds.labels) == [0, 0, 3, 3]
+
+
+def test_imagefolder_without_images_is_a_data_error(tmp_path):
+    (tmp_path / "cat").mkdir()
+    (tmp_path / "cat" / "notes.txt").write_text("the photos are on my phone")
+    with pytest.raises(DataError) as info:
+        load_dataset(DatasetSpec(format="imagefolder", root=tmp_path), 28, 28, 3)
+    assert str(info.value) == (f"{tmp_path}: the dataset is empty (no file ending in .jpg, .jpeg, .png, .ppm, "
+                               ".bmp, .pgm, .tif, .tiff or .webp in its class folders)")
+
+
+def test_imagefolder_names_and_skip_messages_are_relative_to_the_root(tmp_path):
+    write_imagefolder(tmp_path, per_class=1, classes=("cat", "dog"))
+    (tmp_path / "dog" / "2024").mkdir()
+    write_corrupt_image(tmp_path / "dog" / "2024" / "corrupt.png")
+    ds = load_dataset(DatasetSpec(format="imagefolder", root=tmp_path), 28, 28, 3)
+    assert ds.names == ["cat/img0.png", "dog/img0.png", "dog/2024/corrupt.png"]      # POSIX, relative
+    message = "dog/2024/corrupt.png: unreadable image (OSError: image file is truncated)"
+    assert TorchView(ds, np.arange(3), raise_errors=False)[2] == (2, message)        # skipped, as report.json lists it
+    with pytest.raises(DataError) as info:
+        TorchView(ds, np.arange(3), raise_errors=True)[2]
+    assert str(info.value) == message
+
+
+def test_a_built_site_names_no_absolute_path(tmp_path):
+    from reportgen.build import build
+    from reportgen.spec import load_spec
+
+    data = tmp_path / "data"
+    write_imagefolder(data, per_class=6, classes=("horizontal", "vertical"), size=(28, 28))
+    write_corrupt_image(data / "horizontal" / "corrupt.png")
+    write_folder_clutter(data, "vertical")
+    (tmp_path / "spec.yaml").write_text(
+        "model: {factory: tests.helpers.tiny:tiny_cnn, mean: [0.5], std: [0.25], input_size: 28}\n"
+        "dataset: {format: imagefolder, root: data, samples: 3}\n"
+        "layers: [{name: block1_conv1, filters: [0, 1], embedding: pca}]\n"
+        "feature_vis: {steps: 2, classes: [0]}\nattribution: {images: 1, methods: [saliency]}\n")
+    site = build(load_spec(tmp_path / "spec.yaml"), use_cache=False, progress=False, log=lambda *_: None)
+    dataset = json.loads((site / "report.json").read_text())["dataset"]
+    assert dataset["size"] == 13 and dataset["skipped"] == [
+        {"dataset_index": 0, "error": "horizontal/corrupt.png: unreadable image (OSError: image file is truncated)"}]
+    files = [p for p in site.rglob("*") if p.is_file()]
+    assert len(files) > 20
+    for absolute in {str(tmp_path), str(tmp_path.resolve())}:
+        assert [p.relative_to(site) for p in files if absolute.encode() in p.read_bytes()] == []
 
 
 def test_image_modes_are_converted():

@@ -78,3 +78,29 @@ def write_imagefolder(root: Path, per_class: int = 4, classes=("cat", "dog"), si
             arr = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
             Image.fromarray(arr).save(root / c / f"img{i}.png")
     return root
+
+
+def write_folder_clutter(root: Path, class_folder: str = "cat") -> list[str]:
+    """What systems, editors and people leave in an ImageFolder: none of it an image or a class.
+
+    Files beside the images of `class_folder`, hidden folders at the root and inside the class folder (with
+    real PNGs in them), macOS '._' twins of images. Returns the paths written, relative to `root`.
+    """
+    png = next((root / class_folder).glob("*.png")).read_bytes()
+    files = {f"{class_folder}/notes.txt": b"labelled by hand\n", f"{class_folder}/.DS_Store": b"\0\0\0\1Bud1",
+             f"{class_folder}/Thumbs.db": b"\xd0\xcf\x11\xe0", f"{class_folder}/desktop.ini": b"[.ShellClassInfo]\n",
+             f"{class_folder}/README.md": b"# cats\n", f"{class_folder}/._img0.png": b"\0\5\26\7Mac OS X",
+             f"{class_folder}/.ipynb_checkpoints/img0-checkpoint.png": png, ".ipynb_checkpoints/img0.png": png,
+             ".git/HEAD": b"ref: refs/heads/main\n", "README.md": b"# my images\n", "labels.csv": b"img0.png,cat\n"}
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    return sorted(files)
+
+
+def write_corrupt_image(path: Path) -> Path:
+    """A PNG cut short: the name of an image, bytes PIL cannot decode."""
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(path)
+    path.write_bytes(path.read_bytes()[:100])
+    return path
