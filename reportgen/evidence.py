@@ -11,7 +11,7 @@ from .errors import ModelError, SpecError
 from .graph import receptive_field
 from .record import PENULTIMATE, Evidence, RecordPlan, layer_from_arrays, layer_to_arrays, record
 
-RECORD_VERSION = "record-1"  # bump when the pass's results change meaning
+RECORD_VERSION = "record-2"  # bump when the pass's results change meaning (2: skipped images named from the root)
 
 
 def plan(ctx, layers: dict[str, int]) -> RecordPlan:
