@@ -353,11 +353,13 @@ def _load_state_dict(module: nn.Module, path: Path, trust: bool, factory: str) -
     result = module.load_state_dict({k: v for k, v in state.items() if k not in shapes}, strict=False)
     # checkpoints saved before PyTorch 0.4.1 have no BatchNorm num_batches_tracked (a counter, not a weight)
     missing = [k for k in result.missing_keys if k not in shapes and not k.endswith(".num_batches_tracked")]
+    # counters listed last: the weights' names say more (safetensors files keep int64 counters first)
+    unexpected = sorted(result.unexpected_keys, key=lambda k: k.endswith(".num_batches_tracked"))
     parts = []
     if missing:
         parts.append(f"{len(missing)} missing key{'s' if len(missing) > 1 else ''} ({_first(missing)})")
-    if result.unexpected_keys:
-        parts.append(f"{len(result.unexpected_keys)} unexpected ({_first(result.unexpected_keys)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected ({_first(unexpected)})")
     if shapes:
         listed = "; ".join(f"{k}: checkpoint {a}, model {b}" for k, (a, b) in list(shapes.items())[:2])
         parts.append(f"{len(shapes)} shape mismatch{'es' if len(shapes) > 1 else ''} "
