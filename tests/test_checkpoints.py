@@ -92,6 +92,22 @@ def test_wrapper_and_prefix_load_exactly(tmp_path, saved_as, prefix):
     assert_same_weights(load(tmp_path / "ckpt.pth.tar").module, net.state_dict())
 
 
+def test_distributed_data_parallel_checkpoint(tmp_path):
+    """DistributedDataParallel itself (one CPU process, gloo), saved the way DDP training scripts save it."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        net = trained()
+        ddp = nn.parallel.DistributedDataParallel(net)
+        assert next(iter(ddp.state_dict())) == "module.conv1.weight"
+        torch.save({"epoch": 90, "model_state_dict": ddp.state_dict(), "best_acc1": torch.tensor(71.2)},
+                   tmp_path / "checkpoint.pth")
+    finally:
+        dist.destroy_process_group()
+    assert_same_weights(load(tmp_path / "checkpoint.pth").module, net.state_dict())
+
+
 def test_released_resnet20_checkpoint(tmp_path):
     """As the popular CIFAR ResNet-20 release ships it: legacy (pre-1.6) format, {'state_dict', 'best_prec1'},
     keys saved from DataParallel, BatchNorm without num_batches_tracked (saved before PyTorch 0.4.1)."""
