@@ -35,7 +35,7 @@ vgg = torchvision.models.vgg19(weights=None).eval()
 layers = [f"features.{i}" for i in range(37)]
 
 fake = best(lambda: receptive_fields(vgg, layers, (224, 224)))
-with mock.patch.object(graph, "FakeTensorMode", side_effect=RuntimeError("no fake")):
+with mock.patch("reportgen.graph.receptive.FakeTensorMode", side_effect=RuntimeError("no fake")):
     real = best(lambda: receptive_fields(vgg, layers, (224, 224)))
 print(f"1. receptive_fields, 37 layers @224: fake shapes {fake:.3f}s, real forward {real:.3f}s -> {real / fake:.1f}x")
 

@@ -13,7 +13,6 @@ everything here is about the layer's pre-activation. Pure computation: tensors a
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +22,7 @@ import torch.nn as nn
 
 from reportgen.errors import ModelError
 from reportgen.graph import conv_windows
+from reportgen.hooks import run_until
 
 __all__ = [
     "ChannelStat", "capture_inputs", "channel_contributions", "first_layer_filters",
@@ -154,38 +154,11 @@ def channel_contributions(weight: torch.Tensor, inputs: torch.Tensor, filter: in
     return (window * torch.from_numpy(kernels).to(x.device)).sum((2, 3))  # (B, Cg)
 
 
-class _Captured(Exception):
-    """Raised by the hook to stop the forward pass once the conv's input is in hand."""
-
-
-@contextmanager
-def _input_hook(module: nn.Module, store: list):
-    def hook(_, args):
-        store.append(args[0].detach().clone())
-        raise _Captured
-
-    handle = module.register_forward_pre_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
 def capture_inputs(model: nn.Module, conv_path: str, x: torch.Tensor) -> torch.Tensor:
     """The input (B, Cin, H, W) of module `conv_path` (its first call) when `model` runs on `x` (B, C, H, W).
     The forward stops there; no hook is left on the model, even when the forward raises."""
-    try:
-        module, store = model.get_submodule(conv_path), []
-    except AttributeError:
-        raise ModelError(f"{conv_path!r} is not a module of the model") from None
-    with torch.no_grad(), _input_hook(module, store):
-        try:
-            model(x)
-        except _Captured:
-            pass
-    if not store:
-        raise ModelError(f"{conv_path!r} was not called in the model's forward")
-    return store[0]
+    with torch.no_grad():
+        return run_until(model, conv_path, x, before=True)
 
 
 def first_layer_filters(weight: torch.Tensor) -> np.ndarray:

@@ -171,9 +171,9 @@ def test_capture_inputs_stops_early_and_leaves_no_hook():
         capture_inputs(vgg, "features.10", torch.randn(2, 5, 32, 32))
     assert not any(m._forward_pre_hooks or m._forward_hooks for m in vgg.modules())
     model = WithUnused()
-    with pytest.raises(ModelError, match=r"^'unused' was not called in the model's forward$"):
+    with pytest.raises(ModelError, match=r"^layer 'unused' is not used by the model's forward pass\.$"):
         capture_inputs(model, "unused", torch.randn(1, 1, 5, 5))
-    with pytest.raises(ModelError, match=r"^'nothing' is not a module of the model$"):
+    with pytest.raises(ModelError, match=r"^no layer 'nothing' in the model \(run 'reportgen layers SPEC' to list them\)$"):
         capture_inputs(model, "nothing", torch.randn(1, 1, 5, 5))
     assert not any(m._forward_pre_hooks for m in model.modules())
 
