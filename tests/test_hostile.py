@@ -6,6 +6,8 @@ import signal
 import subprocess
 import sys
 import time
+from html import escape
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +44,26 @@ attribution: {images: 2}
 """
 
 
+def page_text(html: str) -> str:
+    """The text a browser shows (entities decoded, scripts and styles left out), one node per line."""
+    class Text(HTMLParser):
+        skip, parts = 0, []
+
+        def handle_starttag(self, tag, attrs):
+            self.skip += tag in ("script", "style")
+
+        def handle_endtag(self, tag):
+            self.skip -= tag in ("script", "style")
+
+        def handle_data(self, data):
+            if not self.skip:
+                self.parts.append(data.strip())
+    parser = Text()
+    parser.parts = []
+    parser.feed(html)
+    return "\n".join(parser.parts)
+
+
 @pytest.mark.slow
 def test_markup_and_paths_in_names_are_text(tmp_path):
     write_images(tmp_path / "images")
@@ -61,8 +83,18 @@ def test_markup_and_paths_in_names_are_text(tmp_path):
     index = (site / "index.html").read_text()
     assert "&lt;img src=x onerror=alert(1)&gt;" in index
     report = json.loads((site / "report.json").read_text())
-    assert report["dataset"]["classes"][0] == EVIL.replace("/", "∕")
+    evil = EVIL.replace("/", "∕")
+    assert report["dataset"]["classes"][0] == evil
     assert report["dataset"]["used"] == 16 and report["dataset"]["skipped_count"] == 2
+
+    # shown, escaped: the page source holds the entities and a browser reads the name back as plain text
+    shown = [("index.html", s["class"]) for s in report["samples"]] + [("index.html", "<b>zero</b>")]
+    shown += [(f["page"], evil) for layer in report["layers"] for f in layer["filters"]]   # its top classes
+    assert ("index.html", evil) in shown and len(shown) > 4
+    for page, name in shown:
+        html = (site / page).read_text()
+        assert name in page_text(html), (page, name)
+        assert escape(name) in html.replace("&#34;", "&quot;").replace("&#39;", "&#x27;"), (page, name)
 
 
 def test_ctrl_c_stops_cleanly(tmp_path):
