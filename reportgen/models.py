@@ -348,8 +348,8 @@ def _load_state_dict(module: nn.Module, path: Path, trust: bool, factory: str) -
     state = weights.state_dict() if isinstance(weights, nn.Module) else weights
     state, removed = _strip_prefixes(state, set(own))
     found = how + (f", {removed!r} prefix removed" if removed else "")
-    shapes = {k: (tuple(v.shape), tuple(own[k].shape)) for k, v in state.items()
-              if k in own and v.shape != own[k].shape}
+    shapes = {k: (tuple(v.shape), tuple(own[k].shape)) for k, v in state.items()   # (_extra_state: any object)
+              if torch.is_tensor(v) and torch.is_tensor(own.get(k)) and v.shape != own[k].shape}
     result = module.load_state_dict({k: v for k, v in state.items() if k not in shapes}, strict=False)
     # checkpoints saved before PyTorch 0.4.1 have no BatchNorm num_batches_tracked (a counter, not a weight)
     missing = [k for k in result.missing_keys if k not in shapes and not k.endswith(".num_batches_tracked")]
