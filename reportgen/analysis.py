@@ -237,7 +237,10 @@ def _guarded(ctx: Context, a: Analysis, layer: Layer | None) -> tuple[Artifact |
         raise
     except Exception as exc:   # noqa: BLE001 - any failure of one analysis must not lose the others' work
         where = f"{a.name} on {layer.name}" if layer else a.name
-        why = f"failed: {exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
+        message = str(exc).splitlines()[0] if str(exc) else ""
+        for folder in (ctx.spec.dataset.root, ctx.spec.spec_path):   # the report names no path of this machine
+            message = message.replace(f"{folder}/", "")
+        why = f"failed: {exc.__class__.__name__}: {message}".rstrip(": ")
         if ctx.strict:
             raise ReportgenError(f"--strict: {where} {why}") from exc
         ctx.log(f"warning: {where} {why}; the report is built without it")

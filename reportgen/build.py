@@ -19,7 +19,7 @@ from .errors import SpecError
 from .evidence import gather_evidence, receptive_fields
 from .layers import list_layers, resolve_layers
 from .models import load_model
-from .output import write_site
+from .output import check_output, write_site
 from .render.pages import render_site
 from .report import assemble
 from .spec import Spec
@@ -66,6 +66,8 @@ def build(spec: Spec, out: Path | None = None, use_cache: bool = True, progress:
     """
     t0 = time.perf_counter()
     out = Path(out) if out else spec.output
+    protected = [spec.spec_file or spec.spec_path, spec.dataset.root] + ([spec.model.checkpoint] if spec.model.checkpoint else [])
+    check_output(out, protected)                  # before any work: a refused output fails in a second
     log = log if group.is_main else (lambda *_: None)
     ctx = prepare(spec, use_cache, log, group, analyses)
     ctx.progress, ctx.strict = progress, strict
@@ -75,7 +77,6 @@ def build(spec: Spec, out: Path | None = None, use_cache: bool = True, progress:
     gather_evidence(ctx)
     run_analyses(ctx, outcomes)
     report = assemble(ctx, outcomes, out)
-    protected = [spec.spec_file or spec.spec_path, spec.dataset.root] + ([spec.model.checkpoint] if spec.model.checkpoint else [])
     if group.is_main:   # the other ranks write nothing outside the cache
         write_site(out, lambda writer: render_site(writer, report), protected)
         computed = ", ".join(ctx.computed) or "nothing (all cached)"

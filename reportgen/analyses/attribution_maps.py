@@ -25,7 +25,8 @@ def attribution_images(ctx) -> np.ndarray:
         if bad:
             raise SpecError("attribution.images", f"dataset index {bad[0]} is out of range (0-{ctx.dataset.size - 1})")
         return np.array(spec.images, np.int64)
-    return sample_indices(ctx.indices, spec.images, ctx.spec.seed)
+    readable = ctx.evidence.pred_index          # images the dataset pass could read, sorted
+    return sample_indices(readable, spec.images, ctx.spec.seed)
 
 
 def _window(ctx) -> tuple[int, int]:
@@ -56,6 +57,13 @@ class AttributionRecord(BaseModel):
     randomized_similarity: float | None   # Spearman ρ with the map of the weight-randomized model
 
 
+class ActivationCensus(BaseModel):
+    """The activations guided backprop changed, by kind (torch's names: "relu", "relu6", "silu", "gelu", …),
+    with their calls in one forward pass (a module called twice counts twice)."""
+    guided: dict[str, int]       # ReLU-like: f′(in) · max(∂out, 0) · [in > 0]
+    gradient: dict[str, int]     # gates and squashing functions (sigmoid, hardsigmoid, tanh): ordinary gradient
+
+
 class Attribution(BaseModel):
     window: int                  # occlusion window and stride, input pixels
     stride: int
@@ -65,12 +73,16 @@ class Attribution(BaseModel):
     images: list[dict]           # image references, in page order
     records: list[AttributionRecord]
     sanity: dict[str, float]     # method → mean randomized similarity
+    guided: ActivationCensus | None   # the activations the guided methods changed; None without one
+
+
+GUIDED_METHODS = ("guided_backprop", "guided_gradcam")
 
 
 class AttributionMaps(Analysis):
     name = "attribution"
     spec_key = "attribution"
-    version = 2
+    version = 3
     SiteResult = Attribution
 
     def compute(self, ctx, layer):
@@ -102,7 +114,9 @@ class AttributionMaps(Analysis):
 
         idx = attribution_images(ctx)
         merged = ctx.sharded(idx.tolist(), 8, work)
-        out = {"index": idx, "meta": {"entries": []}}
+        out = {"index": idx, "meta": {"entries": [], "guided": None}}
+        if any(m in GUIDED_METHODS for m in s.methods):
+            out["meta"]["guided"] = at.activation_census(ctx.model.module, ctx.batch(idx[:1]))
         for i in idx.tolist():                 # the page's order: images, then target kinds, then methods
             out[f"probs_{i}"] = merged[(i, "probs")]
             for kind in kinds:
@@ -136,7 +150,8 @@ class AttributionMaps(Analysis):
                   "layer": ctx.spec.attribution.layer or at._common.last_conv(ctx.model.module),
                   "methods": list(ctx.spec.attribution.methods), "npz": npz,
                   "images": [out.image_ref(int(i)) for i in res["index"]], "records": records,
-                  "sanity": {m: rounded(np.mean(v), 3) for m, v in sims.items()}})
+                  "sanity": {m: rounded(np.mean(v), 3) for m, v in sims.items()},
+                  "guided": res["meta"]["guided"]})
         out.page("attribution.html", "attribution.html", "Attribution")
 
 
@@ -159,23 +174,26 @@ class GuidedImage(BaseModel):
 
 
 class GuidedBackprop(Analysis):
-    """Guided backprop of each spec filter's strongest unit on its top images (Springenberg et al.)."""
+    """Guided backprop of each spec filter's strongest unit on its top images (Springenberg et al.); the
+    layer's part says which activations between the input and the layer were guided."""
     name = "guided_backprop"
     spec_key = "attribution"
-    version = 2
+    version = 3
     per_layer = True
     templates = {"filter": "analyses/guided_backprop.html"}
     FilterResult = list[GuidedImage]
+    LayerResult = ActivationCensus
     TOP = 4   # top images per filter
 
     def applies(self, ctx, layer=None):
         if layer is not None and len(layer.output_shape) != 3:
             return "guided backprop needs a spatial layer"
-        return None
+        return at.guided_unsupported(ctx.model.module)
 
     def compute(self, ctx, layer):
         top = ctx.evidence.layers[layer.path].top.index
-        out = {}
+        first = top[:1, layer.filters[0]].tolist() if layer.filters else ctx.indices[:1].tolist()
+        out = {"meta": {"activations": at.activation_census(ctx.model.module, ctx.batch(first), layer.path)}}
         for f in layer.filters:
             idx = top[:self.TOP, f].tolist()
             out[f"index_{f}"] = np.array(idx, np.int64)
@@ -185,6 +203,7 @@ class GuidedBackprop(Analysis):
     def report(self, ctx, artifacts, out):
         for path, art in artifacts.items():
             slug = ctx.layer(path).slug
+            out.layer(path, art["meta"]["activations"])
             for f in ctx.layer(path).filters:
                 out.filter(path, f, [
                     {"dataset_index": int(i),
