@@ -2,14 +2,17 @@
 
 Every method takes the model (eval mode), a normalized batch x (B, C, H, W) and a target (B,)
 of class indices, and returns raw float32 maps (B, H, W) at input resolution; the renderer
-scales them. One method per module; `_common.py` holds the shared mechanics.
+scales them. One method per module; `_common.py` holds the shared mechanics. `activation_census` says
+which activations the guided methods change (guided.py states the rule).
 """
 
 from .gradcam import grad_cam
-from .guided import guided_backprop, guided_backprop_unit, guided_grad_cam
+from .guided import (activation_census, guided_backprop, guided_backprop_unit, guided_grad_cam,
+                     guided_unsupported)
 from .occlusion import occlusion
 from .saliency import saliency
 from .sanity import randomized_copy, randomized_similarity
 
 __all__ = ["occlusion", "saliency", "grad_cam", "guided_backprop", "guided_grad_cam",
-           "guided_backprop_unit", "randomized_similarity", "randomized_copy"]
+           "guided_backprop_unit", "activation_census", "guided_unsupported", "randomized_similarity",
+           "randomized_copy"]

@@ -1,63 +1,184 @@
 """Guided backpropagation (Springenberg et al. 2015) and guided Grad-CAM (Selvaraju et al. 2017).
 
-Guided backprop is the input gradient where every ReLU passes back only positive gradients,
-and only where its input was positive: ∂in = max(∂out, 0) · [in > 0]. The ReLU's own backward
-already applies [in > 0]; a forward hook on each `nn.ReLU` puts a gate after it whose backward
-clamps the gradient at 0. Forward hooks (unlike full backward hooks) are allowed on in-place
-ReLUs, and the model's modules are never swapped, so nothing about the model changes once the
-hooks are removed. ReLUs called as functions (`F.relu`) cannot be hooked and stay plain.
+The rule. Guided backprop is the input gradient in which every ReLU passes back only positive
+gradients, and only where its input was positive: ∂in = max(∂out, 0) · [in > 0]. Other ReLU-like
+activations f (ReLU6, LeakyReLU, PReLU, ELU, SELU, CELU, SiLU, GELU, Mish, Hardswish, Softplus) get
+the same rule with their own slope:
+
+    ∂in = f′(in) · max(∂out, 0) · [in > 0]
+
+which is Springenberg's rule for f = ReLU; f′ > 0 wherever in > 0, so what an activation passes
+back is never negative. Gates and squashing functions (sigmoid, hardsigmoid, tanh, hardtanh other
+than ReLU6's (0, 6)), as in squeeze-excitation blocks, keep their ordinary gradient: they scale a
+signal rather than decide whether a feature is present. Activations are guided wherever they are,
+inside an SE block's bottleneck too, as Captum does for `nn.ReLU` modules. Anything else (pooling,
+clamp, arithmetic) keeps its ordinary gradient.
+
+The mechanism. While `guided_activations` is active, a `torch.overrides.TorchFunctionMode` sees every
+torch call of the forward pass and replaces each activation call (`F.relu`, `torch.relu`,
+`x.relu()`, `relu_`, `F.silu`, `F.gelu`, …; module activations too, since `nn.ReLU` calls `F.relu`
+and `nn.ReLU6` calls `F.hardtanh(x, 0, 6)`) by `_Guided`, an autograd Function that computes the
+activation itself and backpropagates by the rule. In-place calls stay in place (`mark_dirty`), so
+code that keeps using the tensor it changed (`x.relu_()` as a statement) sees the same values.
+Nothing is patched and no hook is registered: leaving the block (an exception too) pops the mode,
+and the model is untouched. TorchScript runs its activations outside Python, where no mode sees
+them: `guided_unsupported(model)` says so, and the guided functions refuse it.
 """
 
+import inspect
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from ...errors import ModelError
-from ...hooks import removing, run_until
+from ...hooks import run_until
 from ._common import channel_max_abs, check_batch, check_input, class_scores, input_leaf
 from .gradcam import layer_cam, upsample
 
+_T = torch.Tensor
+# kind → the calls that compute it (a module activation calls one of them); in-place builtins last
+GUIDED = {
+    "relu": (F.relu, torch.relu, _T.relu, torch.relu_, _T.relu_),
+    "relu6": (F.relu6,),                               # and F.hardtanh(x, 0, 6), which nn.ReLU6 calls
+    "leaky_relu": (F.leaky_relu, F.leaky_relu_),
+    "prelu": (torch.prelu,),
+    "elu": (F.elu, F.elu_),
+    "selu": (F.selu, torch.selu, torch.selu_),
+    "celu": (F.celu, torch.celu, torch.celu_),
+    "silu": (F.silu,),
+    "gelu": (F.gelu,),
+    "mish": (F.mish,),
+    "hardswish": (F.hardswish,),
+    "softplus": (F.softplus,),
+}
+GRADIENT = {
+    "sigmoid": (torch.sigmoid, _T.sigmoid, torch.sigmoid_, _T.sigmoid_),
+    "hardsigmoid": (F.hardsigmoid,),
+    "tanh": (torch.tanh, _T.tanh, torch.tanh_, _T.tanh_),
+    "hardtanh": (F.hardtanh,),
+}
+_KIND = {fn: kind for table in (GUIDED, GRADIENT) for kind, fns in table.items() for fn in fns}
+# in-place builtins of GUIDED → their out-of-place twins (the Python functions take `inplace=` instead)
+_OUT_OF_PLACE = {torch.relu_: torch.relu, _T.relu_: torch.relu, F.leaky_relu_: torch._C._nn.leaky_relu,
+                 F.elu_: torch._C._nn.elu, torch.selu_: torch.selu, torch.celu_: torch.celu}
+_SIGNATURE = {fn: inspect.signature(fn) for fn in _KIND if inspect.isfunction(fn)}
 
-class _PositiveGradient(torch.autograd.Function):
-    """Identity forward; backward lets only positive gradients through."""
+Census = dict[str, dict[str, int]]   # {"guided": {kind: calls}, "gradient": {kind: calls}}
+
+
+class _Guided(torch.autograd.Function):
+    """y = f(z) for an elementwise activation f; backward: f′(z) · max(∂y, 0) · [z > 0]."""
 
     @staticmethod
-    def forward(ctx, t):
-        # a copy, not `t` itself: returning an input from a Function confuses later in-place ops
-        return t.clone()
+    def forward(ctx, z, f, inplace):
+        with torch.enable_grad():
+            leaf = z.detach().requires_grad_(True)
+            y = f(leaf)
+            (slope,) = torch.autograd.grad(y, leaf, torch.ones_like(y))   # f′(z): f is elementwise
+        ctx.save_for_backward(torch.where(z > 0, slope, 0))    # read before an in-place write changes z
+        if inplace:
+            ctx.mark_dirty(z)
+            return z.copy_(y.detach())
+        return y.detach()
 
     @staticmethod
     def backward(ctx, grad):
-        return grad.clamp(min=0)
+        (slope,) = ctx.saved_tensors
+        return grad.clamp(min=0) * slope, None, None
 
 
-def _gate(_module, _inputs, output):
-    return _PositiveGradient.apply(output)
+def _activation(func, args: tuple, kwargs: dict) -> tuple[str, Callable, bool] | None:
+    """(kind, f out of place as a function of the input alone, in place?) of an activation call, else None."""
+    if func in _SIGNATURE:
+        bound = _SIGNATURE[func].bind(*args, **kwargs)
+        bound.apply_defaults()
+        options = dict(list(bound.arguments.items())[1:])       # all but the input
+        inplace = bool(options.pop("inplace", False))
+        kind = _KIND[func]
+        if func is F.hardtanh and (options["min_val"], options["max_val"]) == (0.0, 6.0):
+            kind = "relu6"
+        return kind, lambda t: func(t, **options), inplace
+    twin = _OUT_OF_PLACE.get(func, func)
+    return _KIND[func], lambda t: twin(t, *args[1:], **kwargs), func in _OUT_OF_PLACE
+
+
+class _GuidedMode(TorchFunctionMode):
+    """Replaces each GUIDED activation call by `_Guided` and counts the calls of both tables.
+
+    Only calls that gradients flow through count: grad enabled and an input that requires grad.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.counts = {"guided": Counter(), "gradient": Counter()}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        try:
+            known = func in _KIND
+        except TypeError:         # an unhashable callable is no activation of ours
+            known = False
+        z = args[0] if args else None
+        if not (known and isinstance(z, torch.Tensor) and z.is_floating_point() and z.requires_grad
+                and torch.is_grad_enabled()):
+            return func(*args, **kwargs)
+        kind, f, inplace = _activation(func, args, kwargs)
+        if kind not in GUIDED:
+            self.counts["gradient"][kind] += 1
+            return func(*args, **kwargs)
+        self.counts["guided"][kind] += 1
+        return _Guided.apply(z, f, inplace)
+
+    def census(self) -> Census:
+        return {rule: dict(sorted(c.items())) for rule, c in self.counts.items()}
+
+
+def guided_unsupported(model: nn.Module) -> str | None:
+    """None if guided backprop can change `model`'s activations, else why not (the reason shown in a report)."""
+    scripted = next((name for name, m in model.named_modules() if isinstance(m, torch.jit.ScriptModule)), None)
+    if scripted is None:
+        return None
+    where = f"module {scripted!r}" if scripted else "the model"
+    return (f"{where} is TorchScript, whose activations run outside Python where guided backprop cannot change "
+            "their gradient; load the model from its Python code (model.factory) to get it")
 
 
 @contextmanager
-def guided_relus(model: nn.Module) -> Iterator[None]:
-    """Within the block, every `nn.ReLU` of `model` backpropagates the guided way."""
-    relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
-    if not relus:
-        raise ModelError("guided backpropagation needs nn.ReLU modules, and the model has none "
-                         "(ReLUs called as functions cannot be hooked)")
-    with removing() as stack:
-        for relu in relus:
-            stack.callback(relu.register_forward_hook(_gate).remove)
-        yield
+def guided_activations(model: nn.Module) -> Iterator[_GuidedMode]:
+    """Within the block, torch calls backpropagate by the guided rule; yields the mode, whose `census()`
+    says which activations it changed. ModelError for a model it cannot change (TorchScript)."""
+    why = guided_unsupported(model)
+    if why:
+        raise ModelError(f"guided backpropagation cannot run: {why}")
+    with _GuidedMode() as mode:
+        yield mode
 
 
 def guided_gradient(model: nn.Module, x: torch.Tensor,
                     score: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """Guided-backprop gradient (B, C, H, W) of `score(x_leaf)` (a scalar built from `model`) w.r.t. x."""
     x = input_leaf(x)
-    with torch.enable_grad(), guided_relus(model):
-        (grad,) = torch.autograd.grad(score(x), x)
+    with torch.enable_grad():
+        with guided_activations(model):
+            value = score(x)
+        (grad,) = torch.autograd.grad(value, x)     # the rule lives in the graph: the mode is not needed here
     return grad
+
+
+def activation_census(model: nn.Module, x: torch.Tensor, layer: str | None = None) -> Census:
+    """Which activation calls guided backprop changes in one forward of `model` on `x` (B, C, H, W),
+    stopped at module `layer` if given: {"guided": {kind: calls}, "gradient": {kind: calls}}, kinds sorted."""
+    check_input(x)
+    with torch.enable_grad(), guided_activations(model) as mode:
+        xx = input_leaf(x)
+        run_until(model, layer, xx) if layer else model(xx)
+    return mode.census()
 
 
 def guided_backprop(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> np.ndarray:
