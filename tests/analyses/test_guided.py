@@ -218,3 +218,22 @@ def test_torchscript_is_refused_with_the_fix():
     inner = nn.Sequential(torch.jit.script(nn.Sequential(nn.Conv2d(3, 2, 3), nn.ReLU())))
     assert guided_unsupported(inner).startswith("module '0' is TorchScript, ")
     assert no_mode_active()
+
+
+# ---------------------------------------------------------------- the rule on the page
+
+
+@pytest.mark.parametrize("census, says", [
+    ({"guided": {"hardswish": 19, "relu": 14}, "gradient": {"hardsigmoid": 9}},
+     "Activations guided in X: hardswish ×19, relu ×14. Each passes back only positive gradient, and only where its "
+     "input was positive, times its own slope there: ∂in = f′(in) · max(∂out, 0) · [in &gt; 0], Springenberg's rule "
+     "for ReLU (f′ = 1 where in &gt; 0) carried over to smooth and clipped ReLUs. Ordinary gradient through "
+     "hardsigmoid ×9: gates (as in squeeze-excitation blocks) and squashing functions scale a signal rather than "
+     "decide whether a feature is present."),
+    ({"guided": {}, "gradient": {}}, "No activation to guide in X: this is the plain gradient."),
+])
+def test_the_page_states_the_rule_with_the_census(census, says, tmp_path):
+    from reportgen.render.site import SiteWriter
+    env = SiteWriter(tmp_path).env
+    rule = env.get_template("analyses/guided_backprop.html").module.rule
+    assert str(rule(census, "in X")) == says
