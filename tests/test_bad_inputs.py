@@ -2,11 +2,10 @@
 
 Each folder of tests/bad_inputs/ holds a spec.yaml (and the bad files it names) and expected.txt:
 `exit N`, then the whole of stderr, line for line ({case} = the folder, {repo} = the repository). Builds run
-with `-q --no-cache`, so no progress bar may appear and every run says the same; the one line a build logs before it fails (`model ...: N layers, ...`)
-is part of the expected text, as is a `warning:` about skipped images. Cases named output_* use the spec's own
-`output`; the others build into {case}/site.
+with `-q --no-cache`: no progress bar may appear, and every run says the same. What a build logs before it
+fails (`model ...: N layers, ...`, a `warning:` about skipped images) is part of the expected text; the one
+`error:` line comes last. Cases named output_* use the spec's own `output`; the others build into {case}/site.
 """
-
 import re
 from pathlib import Path
 

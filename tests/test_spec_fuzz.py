@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from reportgen.cli import main
 from reportgen.errors import SpecError
-from reportgen.spec import Spec, load_spec, parse_filter_selection
+from reportgen.spec import (AttributionSpec, CircuitSpec, EmbeddingSpec, FeatureVisSpec, RecordSpec, Spec,
+                            load_spec, parse_filter_selection)
 
 # -- arbitrary documents -----------------------------------------------------------------------------------
 KEYS = ["title", "seed", "output", "device", "model", "dataset", "layers", "record", "feature_vis", "circuit",
@@ -74,22 +75,23 @@ def models(draw):
     return model
 
 
-def optional(**fields):
-    """A section dict with any subset of `fields`' valid values."""
-    return st.fixed_dictionaries({}, optional=fields)
+def optional(section: type, **fields):
+    """A `section` dict with any subset of `fields`' valid values (keys the schema dropped left out)."""
+    return st.fixed_dictionaries({}, optional={k: v for k, v in fields.items() if k in section.model_fields})
 
 
 sections = {
     "title": names, "seed": st.integers(-10**6, 10**6), "output": paths, "device": st.sampled_from(["cpu", "auto"]),
-    "record": optional(top_k=st.integers(1, 100), negatives=st.booleans(), histogram_bins=st.integers(4, 200),
+    "record": optional(RecordSpec, top_k=st.integers(1, 100), negatives=st.booleans(),
                        pooled_limit=st.integers(0, 200_000)),
-    "feature_vis": optional(enabled=st.booleans(), size=st.integers(0, 1024), steps=st.integers(1, 10_000),
-                            lr=st.floats(0.001, 1), objective=st.sampled_from(["channel", "neuron"]),
-                            variants=st.integers(1, 4), diversity=st.floats(0, 2), compare_plain=st.booleans(),
+    "feature_vis": optional(FeatureVisSpec, enabled=st.booleans(), size=st.integers(0, 1024),
+                            steps=st.integers(1, 10_000), lr=st.floats(0.001, 1),
+                            objective=st.sampled_from(["channel", "neuron"]), variants=st.integers(1, 4), diversity=st.floats(0, 2), compare_plain=st.booleans(),
                             classes=st.lists(st.integers(0, 9), max_size=4)),
-    "circuit": optional(enabled=st.booleans(), top_n=st.integers(1, 512), expand=st.booleans()),
-    "embedding": optional(max_points=st.integers(10, 200_000)),
-    "attribution": optional(enabled=st.booleans(), images=st.integers(1, 16) | st.lists(st.integers(0, 99), max_size=3),
+    "circuit": optional(CircuitSpec, enabled=st.booleans(), top_n=st.integers(1, 512), expand=st.booleans()),
+    "embedding": optional(EmbeddingSpec, max_points=st.integers(10, 200_000)),
+    "attribution": optional(AttributionSpec, enabled=st.booleans(),
+                            images=st.integers(1, 16) | st.lists(st.integers(0, 99), max_size=3),
                             methods=st.lists(st.sampled_from(["occlusion", "saliency", "gradcam", "guided_backprop",
                                                               "guided_gradcam"]), max_size=5),
                             target=st.sampled_from(["predicted", "true", "both"]), window=st.integers(0, 30),
@@ -122,7 +124,7 @@ MUTATIONS = [   # nested keys first: hypothesis draws the first entries of a sam
     (("dataset", "root"), [MISSING, None]), (("dataset", "split"), ["val"]), (("dataset", "limit"), [0, -5]),
     (("dataset", "samples"), [0, 65]), (("dataset", "batch_size"), [0, 5000]), (("dataset", "workers"), [-1]),
     (("dataset", "on_error"), ["ignore"]), (("layers", L), ["block1_conv1", 3]),
-    (("record", "top_k"), [0, 101]), (("record", "histogram_bins"), [3]),
+    (("record", "top_k"), [0, 101]), (("record", "pooled_limit"), [-1]),
     (("feature_vis", "lr"), [0, -1]),
     (("feature_vis", "variants"), [5]), (("feature_vis", "diversity"), [-0.1, 3]),
     (("feature_vis", "objective"), ["pixel"]), (("feature_vis", "classes"), ["x", [0, "y"]]),
