@@ -6,6 +6,7 @@ with `-q --no-cache`: no progress bar may appear, and every run says the same. W
 fails (`model ...: N layers, ...`, a `warning:` about skipped images) is part of the expected text; the one
 `error:` line comes last. Cases named output_* use the spec's own `output`; the others build into {case}/site.
 """
+
 import re
 from pathlib import Path
 
