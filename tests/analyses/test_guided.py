@@ -40,12 +40,14 @@ def batch(model: nn.Module, shape: tuple, seed: int = 1):
 # ---------------------------------------------------------------- the rule, one activation at a time
 
 
-GUIDED_CASES = {"relu": F.relu, "relu6": nn.ReLU6(inplace=True), "leaky_relu": nn.LeakyReLU(0.2),
-                "prelu": nn.PReLU(init=0.3), "elu": nn.ELU(), "selu": nn.SELU(), "celu": nn.CELU(0.5),
-                "silu": nn.SiLU(inplace=True), "gelu": nn.GELU(approximate="tanh"), "mish": F.mish,
-                "hardswish": nn.Hardswish(), "softplus": nn.Softplus()}
-GRADIENT_CASES = {"sigmoid": nn.Sigmoid(), "hardsigmoid": nn.Hardsigmoid(), "tanh": torch.tanh,
-                  "hardtanh": nn.Hardtanh()}
+# (kind, the call): each activation, also as a function and in place (the mode sees functions, not modules)
+GUIDED_CASES = [("relu", F.relu), ("relu", torch.relu_), ("relu6", nn.ReLU6(inplace=True)), ("relu6", F.relu6),
+                ("leaky_relu", nn.LeakyReLU(0.2)), ("leaky_relu", F.leaky_relu_), ("prelu", nn.PReLU(init=0.3)),
+                ("elu", nn.ELU()), ("elu", F.elu_), ("selu", nn.SELU()), ("selu", torch.selu_), ("celu", nn.CELU(0.5)),
+                ("silu", nn.SiLU(inplace=True)), ("gelu", nn.GELU()), ("gelu", nn.GELU(approximate="tanh")),
+                ("mish", F.mish), ("hardswish", nn.Hardswish(inplace=True)), ("softplus", nn.Softplus())]
+GRADIENT_CASES = [("sigmoid", nn.Sigmoid()), ("sigmoid", torch.sigmoid_), ("hardsigmoid", nn.Hardsigmoid()),
+                  ("tanh", torch.tanh), ("hardtanh", nn.Hardtanh())]
 
 
 class Apply(nn.Module):
@@ -59,16 +61,17 @@ class Apply(nn.Module):
         return self.f(x * 1)
 
 
-@pytest.mark.parametrize("kind", [*GUIDED_CASES, *GRADIENT_CASES])
-def test_the_rule_per_activation(kind):
+@pytest.mark.parametrize("kind, f", GUIDED_CASES + GRADIENT_CASES,
+                         ids=[f"{k}-{n}" for n, (k, _) in enumerate(GUIDED_CASES + GRADIENT_CASES)])
+def test_the_rule_per_activation(kind, f):
     """ReLU-like: ∂z = f′(z) · max(∂y, 0) · [z > 0]; gates: their ordinary gradient f′(z) · ∂y."""
-    model = Apply({**GUIDED_CASES, **GRADIENT_CASES}[kind])
+    model = Apply(f)
     torch.manual_seed(0)
     z, w = torch.linspace(-7.9, 7.9, 80), torch.randn(80)          # both signs of input and of gradient
     grad = guided_gradient(model, z, lambda zz: (w * model(zz)).sum())
     leaf = z.clone().requires_grad_(True)
     (slope,) = torch.autograd.grad(model(leaf).sum(), leaf)          # f′(z), the plain way
-    guided = kind in GUIDED_CASES
+    guided = (kind, f) in GUIDED_CASES
     torch.testing.assert_close(grad, slope * w.clamp(min=0) * (z > 0) if guided else slope * w, rtol=0, atol=1e-6)
     assert (grad >= 0).all() or not guided
     assert activation_census(model, z.view(1, 1, 8, 10)) == \
