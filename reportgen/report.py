@@ -109,7 +109,6 @@ def class_name(names: list[str], i: int, fallback: str) -> str:
 def assemble(ctx, outcomes: dict, site) -> Built:
     """The core report from the dataset pass, then each analysis' part, in dependency order."""
     built = Built(data={})
-    ev = ctx.evidence
     built.data.update(
         schema_version=SCHEMA_VERSION, title=ctx.spec.title, seed=ctx.spec.seed, reportgen_version=__version__,
         model=_model(ctx), dataset=_dataset(ctx), accuracy=_accuracy(ctx), samples=_samples(ctx, built),

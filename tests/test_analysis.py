@@ -4,7 +4,6 @@ is cached (a second build computes nothing), and the runner orders, skips and ex
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from reportgen.analyses import ANALYSES

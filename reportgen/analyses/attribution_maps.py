@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from ..analysis import Analysis
 from ..data import sample_indices
-from ..errors import SpecError
+from ..errors import ModelError, SpecError
 from ..report import rounded
 from ..render import images as im
 from . import attribution as at
@@ -35,14 +35,26 @@ def _window(ctx) -> tuple[int, int]:
     return window, s.stride or default_stride(window)
 
 
+def gradcam_layer(ctx) -> str:
+    """`attribution.layer`, else the last Conv2d that the forward uses (an auxiliary head's conv, unused in
+    eval mode, is not) whose map is larger than 1×1 (Grad-CAM of a 1×1 map is one number), else the last one."""
+    if ctx.spec.attribution.layer:
+        return ctx.spec.attribution.layer
+    convs = [i for i in ctx.layer_infos if i.type == "Conv2d" and len(i.output_shape) == 3]
+    if not convs:
+        raise ModelError("the model uses no Conv2d; name Grad-CAM's layer with attribution.layer")
+    spatial = [i for i in convs if i.output_shape[1] * i.output_shape[2] > 1]
+    return (spatial or convs)[-1].path
+
+
 def _methods(ctx) -> dict:
-    s = ctx.spec.attribution
     window, stride = _window(ctx)
+    layer = gradcam_layer(ctx)
     return {"occlusion": lambda m, x, t: at.occlusion(m, x, t, window=window, stride=stride, baseline=0.0),
             "saliency": at.saliency,
-            "gradcam": lambda m, x, t: at.grad_cam(m, x, t, s.layer),
+            "gradcam": lambda m, x, t: at.grad_cam(m, x, t, layer),
             "guided_backprop": at.guided_backprop,
-            "guided_gradcam": lambda m, x, t: at.guided_grad_cam(m, x, t, s.layer)}
+            "guided_gradcam": lambda m, x, t: at.guided_grad_cam(m, x, t, layer)}
 
 
 class AttributionRecord(BaseModel):
@@ -147,7 +159,7 @@ class AttributionMaps(Analysis):
             if r["randomized_similarity"] is not None:
                 sims.setdefault(r["method"], []).append(r["randomized_similarity"])
         out.site({"window": window, "stride": stride,
-                  "layer": ctx.spec.attribution.layer or at._common.last_conv(ctx.model.module),
+                  "layer": gradcam_layer(ctx),
                   "methods": list(ctx.spec.attribution.methods), "npz": npz,
                   "images": [out.image_ref(int(i)) for i in res["index"]], "records": records,
                   "sanity": {m: rounded(np.mean(v), 3) for m, v in sims.items()},

@@ -20,7 +20,6 @@ import scipy.stats
 import torch
 import torch.nn as nn
 
-from reportgen.errors import ModelError
 from reportgen.graph import conv_windows
 from reportgen.hooks import run_until
 
