@@ -1,4 +1,18 @@
-"""The input-space receptive field of a layer's units, along the fx graph."""
+"""The input-space receptive field of a layer's units: analytic along the fx graph where every op's geometry
+is known, else the exact support of the input gradient of a linearized copy of the model.
+
+Analytic: each axis (y, x) is walked back from the layer to the input with the set of positions each unit
+reads. A forward pass over the graph first finds, for every node, which tensor dim holds the image's y and x
+(permutes and reshapes move them; reductions and `Linear` over them remove them) and, per input, a boolean
+matrix (positions out, positions in) saying which input positions each output position reads: from the
+window arithmetic of convs and pools, the widths and mode of paddings, adaptive bins, interpolation weights
+(the op run on one-hot probes), and for pure data movement (slices, chunks, reshapes, concatenation) the op
+run on a tensor holding each element's coordinate. Per axis is exact for the boxes: every op here reads,
+per output position, one set of positions along y and one along x; the union over channels and over the
+paths of a multi-path graph is kept per axis, which gives the same bounding box. Where a unit reads only some
+channels of a tensor whose channels see different parts of the image (a channel slice after a
+concatenation), per axis would over-count: that, and any op without known geometry, goes to the fallback.
+"""
 
 from __future__ import annotations
 
@@ -8,21 +22,28 @@ import numpy as np
 import torch
 import torch.fx as fx
 import torch.nn as nn
+import torch.nn.functional as F
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.passes.shape_prop import ShapeProp
 
 from reportgen.errors import ModelError
 
-from .ops import Window, cat_dim, node_op, node_windows, tensor_inputs
+from .ops import (ELEMENTWISE_KINDS, FUNCTIONS, METHODS, Window, bind_arguments, call_arguments, module_op,
+                  node_op, node_windows)
 from .trace import describe, layer_node, trace
+
 
 @dataclass(frozen=True, eq=False)  # eq would compare the arrays
 class ReceptiveField:
     """The input pixels each unit of a layer depends on.
 
     `size` and `stride` are the unclipped extent (h, w) and the step between neighbouring units in
-    input pixels; `box(y, x)` is the exact bounding box of the input pixels that unit (y, x) of the
-    layer's output depends on, clipped to the image; the union over all paths of a multi-path graph.
+    input pixels (continued at the mean step through ops without affine arithmetic; for `method`
+    "gradient", the largest clipped extent and input size / output size); `box(y, x)` is the exact bounding box
+    of the input pixels that unit (y, x) of the layer's output depends on (all its channels), clipped to the
+    image; the union over all paths of a multi-path graph. `method`: "analytic" (op arithmetic), "gradient"
+    (support of the input gradient of a linearized copy; `note` says which op needed it) or "whole image"
+    (a model torch.fx cannot trace: every unit is given the whole image).
     """
 
     layer: str
@@ -32,14 +53,26 @@ class ReceptiveField:
     stride: tuple[int, int]
     rows: np.ndarray  # (H_out, 2) half-open [y0, y1) per output row
     cols: np.ndarray  # (W_out, 2) half-open [x0, x1) per output column
+    method: str = "analytic"
+    note: str = ""
+    boxes: np.ndarray | None = None  # (H_out, W_out, 4) when a unit's box is not its row's × its column's
 
     def box(self, y: int, x: int) -> tuple[int, int, int, int]:
         """(x0, y0, x1, y1), half-open, in input pixels, for the unit at output location (y, x);
         (0, 0, 0, 0) for a unit whose window lies wholly on padding."""
         if not (0 <= y < self.output_size[0] and 0 <= x < self.output_size[1]):
             raise IndexError(f"unit ({y}, {x}) is outside {self.layer!r}'s output of size {self.output_size}")
+        if self.boxes is not None:
+            return tuple(int(v) for v in self.boxes[y, x])
         (y0, y1), (x0, x1) = self.rows[y], self.cols[x]
         return (int(x0), int(y0), int(x1), int(y1)) if y0 < y1 and x0 < x1 else (0, 0, 0, 0)
+
+
+def whole_image(layer: str, input_size: tuple[int, int], output_size: tuple[int, int]) -> ReceptiveField:
+    """Every unit sees the whole image: the answer for a model whose graph cannot be traced."""
+    (h, w), (oh, ow) = input_size, output_size
+    return ReceptiveField(layer, (h, w), (oh, ow), (h, w), (h, w), np.tile([0, h], (oh, 1)), np.tile([0, w], (ow, 1)),
+                          method="whole image")
 
 
 def receptive_field(model: nn.Module, layer: str, input_size: tuple[int, int],
@@ -52,14 +85,11 @@ def receptive_fields(model: nn.Module, layers: list[str], input_size: tuple[int,
                      in_channels: int | None = None) -> dict[str, ReceptiveField]:
     """Receptive fields of several layers' units for inputs of `input_size` (H, W), by layer path.
 
-    Composed from the conv/pool arithmetic (kernel, stride, padding, dilation) along the fx graph,
-    walked back from the layer to the input per axis with the set of positions each unit reads:
-    elementwise ops and channel concatenation keep positions, sums and products join their
-    branches' sets (ResNet: the union over paths), adaptive pooling maps each bin to its input
-    span; units of a layer without spatial layout (after flatten / Linear) see the whole image.
-    Node sizes come from propagating a (1, C, H, W) input, C being `in_channels` or what the first
-    conv called takes. Raises ModelError on any other op (upsampling, reshapes, attention).
-    Per axis: a branch whose windows read only padding along one axis still counts along the other.
+    Analytic (see the module docstring) where every op between the layer and the input has known geometry;
+    the others by `gradient_fields`, exact too, at the cost of forward and backward passes. Units of a layer
+    without spatial layout (after flatten / Linear) see the whole image. Node sizes come from propagating
+    a (1, C, H, W) input, C being `in_channels` or what the first conv called takes. Raises ModelError when
+    the model cannot be traced or a layer is not in its forward.
     """
     gm = trace(model)
     targets = {layer: layer_node(gm, layer) for layer in layers}
@@ -68,8 +98,37 @@ def receptive_fields(model: nn.Module, layers: list[str], input_size: tuple[int,
         in_channels = next((m.in_channels for m in convs if isinstance(m, nn.Conv2d)), None)
         if in_channels is None:
             raise ModelError(f"{type(model).__name__} calls no Conv2d to tell the input's channel count")
+    input_size = tuple(input_size)
     _propagate_shapes(gm, model, (1, in_channels, *input_size))
-    return {layer: _receptive_field(gm, layer, node, tuple(input_size)) for layer, node in targets.items()}
+    geometry = _Geometry(gm)
+    fields, unmapped = {}, {}
+    for layer, node in targets.items():
+        try:
+            fields[layer] = _analytic_field(geometry, layer, node, input_size)
+        except _Unmapped as reason:
+            unmapped[layer] = (node, str(reason))
+    if unmapped:
+        fields |= gradient_fields(gm, unmapped, input_size, in_channels)
+    return {layer: fields[layer] for layer in layers}
+
+
+class _Unmapped(Exception):
+    """An op on the way from a layer to the input whose geometry is not known: the fallback's turn."""
+
+
+class _Recorder(ShapeProp):
+    """ShapeProp that also keeps the values of non-tensor nodes (`x.size(3)`, `x.shape[-2:]`) in meta["value"]:
+    arguments computed in the forward."""
+
+    def run_node(self, n: fx.Node):
+        result = super().run_node(n)
+        if not any(isinstance(v, torch.Tensor) for v in _flat(result)):
+            n.meta["value"] = result
+        return result
+
+
+def _flat(value) -> list:
+    return [w for v in value for w in _flat(v)] if isinstance(value, (tuple, list)) else [value]
 
 
 def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, shape: tuple[int, ...]) -> None:
@@ -78,28 +137,10 @@ def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, shape: tuple[int, ..
     param = next(model.parameters(), torch.zeros(()))
     x = torch.zeros(shape, dtype=param.dtype, device=param.device)
     try:
-        ShapeProp(gm, fake_mode=FakeTensorMode(allow_non_fake_inputs=True)).propagate(x)
+        _Recorder(gm, fake_mode=FakeTensorMode(allow_non_fake_inputs=True)).propagate(x)
     except Exception:  # any failure of the fake run: pay for the real one
         with torch.no_grad():
-            ShapeProp(gm).propagate(x)
-
-
-def _receptive_field(gm: fx.GraphModule, layer: str, target: fx.Node, input_size) -> ReceptiveField:
-    shape = _shape(target)
-    if len(shape) != 4:  # no spatial layout left: every unit sees the whole image
-        whole = tuple(np.array([[0, n]]) for n in input_size)
-        return ReceptiveField(layer, input_size, (1, 1), input_size, input_size, *whole)
-    spans, free = [], []
-    for axis in (2, 3):
-        reads = _walk(gm, target, np.eye(shape[axis], dtype=bool), lambda n, v, a=axis: _back_taps(gm, n, a, v),
-                      np.logical_or)  # (units, input size): which input rows (columns) each unit reads
-        first, last = reads.argmax(1), reads.shape[1] - 1 - reads[:, ::-1].argmax(1)
-        spans.append(np.where(reads.any(1)[:, None], np.stack([first, last + 1], 1), 0))  # [0, 0) if none
-        ends = _walk(gm, target, np.array([[0, 0], [1, 1]]), lambda n, v, a=axis: _back_extent(gm, n, a, v),
-                     lambda u, v: np.stack([np.minimum(u[:, 0], v[:, 0]), np.maximum(u[:, 1], v[:, 1])], 1))
-        free.append((int(ends[0, 1] - ends[0, 0] + 1), int(ends[1, 0] - ends[0, 0])))  # units 0, 1 unclipped
-    return ReceptiveField(layer, input_size, (shape[2], shape[3]), size=(free[0][0], free[1][0]),
-                          stride=(free[0][1], free[1][1]), rows=spans[0], cols=spans[1])
+            _Recorder(gm).propagate(x)
 
 
 def _shape(node: fx.Node) -> tuple[int, ...]:
@@ -107,70 +148,715 @@ def _shape(node: fx.Node) -> tuple[int, ...]:
     return tuple(meta.shape) if hasattr(meta, "shape") else ()
 
 
-def _walk(gm: fx.GraphModule, target: fx.Node, start, back, merge):
-    """Carry a value from `target` back to the model input: `back(node, value)` gives [(input node,
-    value)], and a node reached from several consumers gets the `merge` of their values. Returns
-    the value the input gets."""
-    need = {target: start}
-    for node in list(gm.graph.nodes)[::-1]:  # topological order reversed: all consumers come first
-        if node in need:
-            if node.op == "placeholder":
-                return need[node]
-            for arg, value in back(node, need.pop(node)):
-                need[arg] = merge(need[arg], value) if arg in need else value
-    raise ModelError(f"{describe(gm, target)} does not depend on the model input")
+def _shapes(node: fx.Node) -> list[tuple[int, ...]] | None:
+    """The shapes of a node returning a tuple of tensors (`chunk`), else None."""
+    meta = node.meta.get("tensor_meta")
+    if isinstance(meta, (tuple, list)) and meta and all(hasattr(m, "shape") for m in meta):
+        return [tuple(m.shape) for m in meta]
+    return None
 
 
-def _geometry(gm: fx.GraphModule, node: fx.Node) -> tuple[str, tuple[Window, Window] | None]:
-    """How a node moves positions: ("window", (y, x) windows), ("adaptive", None) or ("pointwise", None)."""
-    windows = node_windows(gm, node)
-    if windows is not None:
-        return "window", windows
-    op = node_op(gm, node)
-    if op is not None and op.kind == "adaptive_pool":
-        return "adaptive", None
-    if op is not None and (op.elementwise or op.kind == "arithmetic" or (op.kind == "concat" and cat_dim(node) == 1)):
-        return "pointwise", None
-    raise ModelError(
-        f"receptive field: cannot map {describe(gm, node)} back to its input; supported are "
-        "convolutions, pooling, zero padding, adaptive pooling, elementwise ops, add/mul and channel concat")
+@dataclass
+class _Map:
+    """How one input's positions along an axis feed a node's: `matrix[i, j]`: output position i reads input
+    position j (n = 1 along an axis a tensor does not have); `affine` (stride, lo, hi): output i reads
+    [i * stride + lo, i * stride + hi] in an endless image, where that arithmetic is known; `channels`: which
+    of the input's elements off the image axes are read at all (None: all)."""
+
+    source: fx.Node
+    matrix: np.ndarray
+    affine: tuple[int, int, int] | None = None
+    channels: np.ndarray | None = None
 
 
-def _back_taps(gm: fx.GraphModule, node: fx.Node, axis: int, reads: np.ndarray):
-    """Which input positions along `axis` the output positions marked in `reads` (units, n_out) read.
-    Sets, not spans: a dilated or strided window has holes that a later crop may fall in."""
-    kind, windows = _geometry(gm, node)
-    inputs = tensor_inputs(node)
-    n_out = _shape(node)[axis]
-    if kind == "pointwise":
-        for arg in inputs:
-            if len(_shape(arg)) != 4:
-                raise ModelError(f"receptive field: {describe(gm, node)} mixes in a tensor of shape {_shape(arg)}")
-        # an input of size 1 along the axis is broadcast: every output position reads its position 0
-        return [(arg, reads.any(1, keepdims=True) if _shape(arg)[axis] < n_out else reads) for arg in inputs]
-    n_in = _shape(inputs[0])[axis]
-    read = np.zeros((len(reads), n_in), dtype=bool)  # (units, n_in)
-    if kind == "window":  # tap t of output i reads input i * stride - pad + t * dilation
-        win = windows[axis - 2]
-        for t in range(win.kernel):
-            at = np.arange(n_out) * win.stride - win.pad + t * win.dilation  # increasing: no index twice
-            inside = (at >= 0) & (at < n_in)
-            read[:, at[inside]] |= reads[:, inside]
-    else:  # adaptive bin i covers [floor(i n_in / n_out), ceil((i + 1) n_in / n_out))
-        for i in range(n_out):
-            read[:, i * n_in // n_out: -(-(i + 1) * n_in // n_out)] |= reads[:, i:i + 1]
-    return [(inputs[0], read)]
+_TUPLE = "tuple"  # a node returning a tuple of tensors (chunk, split): its getitems are probed through it
 
 
-def _back_extent(gm: fx.GraphModule, node: fx.Node, axis: int, span: np.ndarray):
-    """Inclusive input spans (units, 2) along `axis` that output spans `span` read, without clipping
-    to the image (what a unit would see in an endless image), for `ReceptiveField.size`/`stride`."""
-    kind, windows = _geometry(gm, node)
-    inputs = tensor_inputs(node)
-    if kind == "pointwise":
-        return [(arg, span * 0 if _shape(arg)[axis] < _shape(node)[axis] else span) for arg in inputs]
-    if kind == "window":
-        k, s, p, d = (getattr(windows[axis - 2], f) for f in ("kernel", "stride", "pad", "dilation"))
-        return [(inputs[0], np.stack([span[:, 0] * s - p, span[:, 1] * s - p + (k - 1) * d], 1))]
-    n_in, n_out = _shape(inputs[0])[axis], _shape(node)[axis]
-    return [(inputs[0], np.stack([span[:, 0] * n_in // n_out, -(-(span[:, 1] + 1) * n_in // n_out) - 1], 1))]
+class _Geometry:
+    """For every node computed from the model input: per axis (y, x) the dim that holds it (None: the tensor
+    does not vary along it) and the `_Map`s from its inputs; or why its geometry is unknown.
+    `uniform[node]`: every channel of it reads the same input positions (false after concatenation)."""
+
+    def __init__(self, gm: fx.GraphModule):
+        self.gm, self.axes, self.uniform = gm, {}, {}
+        inputs = [n for n in gm.graph.nodes if n.op == "placeholder"]
+        self.input = inputs[0]
+        for node in gm.graph.nodes:
+            self.axes[node] = self._node(node)
+
+    def _node(self, node: fx.Node):
+        if node is self.input:
+            self.uniform[node] = True
+            return [(2, []), (3, [])] if len(_shape(node)) == 4 else "the model input is not (B, C, H, W)"
+        if node.op in ("placeholder", "get_attr", "output") or "value" in node.meta:
+            return None  # does not depend on the input's values
+        data = [arg for arg in node.all_input_nodes if self.axes.get(arg) is not None]
+        if not data:
+            return None
+        broken = next((self.axes[arg] for arg in data if isinstance(self.axes[arg], str) and self.axes[arg] != _TUPLE),
+                      None)
+        if broken is not None:
+            return broken
+        if _shapes(node) is not None:  # a tuple: pure data movement is probed at its getitems
+            op = node_op(self.gm, node)
+            return _TUPLE if op is not None and op.kind == "move" else f"cannot map {describe(self.gm, node)} back"
+        try:
+            axes = [self._axis(node, axis) for axis in (0, 1)]
+        except _Unmapped as reason:
+            return f"cannot map {describe(self.gm, node)} back to its input ({reason})"
+        except Exception as error:  # arguments this code did not foresee: the fallback still answers exactly
+            return f"cannot map {describe(self.gm, node)} back to its input ({type(error).__name__}: {error})"
+        sources = {m.source for _, maps in axes for m in maps}
+        op = node_op(self.gm, node)
+        mixes = op is not None and (op.kind == "linear" or (op.kind == "conv" and _groups(self.gm, node) == 1))
+        self.uniform[node] = mixes or (len(sources) == 1 and all(self.uniform[s] for s in sources))
+        return axes
+
+    def maps(self, node: fx.Node, axis: int) -> tuple[int | None, list[_Map]]:
+        """(the dim holding `axis` in `node`'s output, the maps from its inputs); _Unmapped if unknown."""
+        entry = self.axes.get(node)
+        if isinstance(entry, str):
+            raise _Unmapped(entry)
+        if entry is None:
+            raise _Unmapped(f"{describe(self.gm, node)} does not depend on the model input")
+        return entry[axis]
+
+    def value(self, node: fx.Node):
+        """A node's value as an argument: weights as they are, sizes as computed, tensors as meta tensors
+        (their shape is what arguments read)."""
+        if node.op == "get_attr":
+            return _attr(self.gm, node.target)
+        if "value" in node.meta:
+            return node.meta["value"]
+        shapes = _shapes(node)
+        if shapes is not None:
+            return tuple(torch.empty(s, device="meta") for s in shapes)
+        return torch.empty(_shape(node), device="meta")
+
+    def _axis(self, node: fx.Node, axis: int) -> tuple[int | None, list[_Map]]:
+        op = node_op(self.gm, node)
+        if op is None:
+            raise _Unmapped("an op without known geometry")
+        if op.kind == "concat":
+            return self._concat(node, axis, call_arguments(op, node))
+        if op.kind == "move":
+            return self._probe(node, axis)
+        if op.kind == "arithmetic":
+            return self._broadcast(node, axis)
+        first = node.args[0] if node.args else next(iter(node.kwargs.values()))
+        if not isinstance(first, fx.Node) or self.axes.get(first) is None:
+            raise _Unmapped("its first argument is not computed from the input")
+        dim, _ = self.maps(first, axis)
+        n_in, ndim = (_shape(first)[dim] if dim is not None else 1), len(_shape(first))
+        same = [_Map(first, np.eye(n_in, dtype=bool), (1, 0, 0))]
+        everything = [_Map(first, np.ones((n_in, n_in), dtype=bool))]  # for ops that keep the axis' size
+        if dim is None or op.elementwise or op.kind == "channel_mix":
+            return dim, same
+        kw = (self.gm.get_submodule(node.target) if node.op == "call_module"
+              else call_arguments(op, node, self.value))
+        if op.kind == "reduce":
+            dims, keep = kw.get("dim"), kw.get("keepdim", False)
+            dims = range(ndim) if dims is None or dims == () else [dims] if isinstance(dims, int) else dims
+            dims = {d % ndim for d in dims}
+            if dim in dims:
+                return (dim if keep else None), [_Map(first, np.ones((1, n_in), dtype=bool))]
+            return (dim if keep else dim - sum(d < dim for d in dims)), same
+        n_out = _shape(node)[dim]
+        if op.pads is not None:
+            return dim, [_pad_map(first, op.pads(kw), dim, ndim, n_in, n_out)]
+        if op.kind in ("conv", "pool", "adaptive_pool", "resample"):
+            if dim != ndim - 2 + axis:
+                raise _Unmapped(f"the image's {'yx'[axis]} axis is not its dim {ndim - 2 + axis}")
+            if op.kind == "adaptive_pool":
+                return dim, [_Map(first, _bins(n_out, n_in))]
+            if op.kind == "resample":
+                return dim, [_Map(first, _resample_matrix(kw, axis, n_in, n_out))]
+            win = node_windows(self.gm, node, self.value)[axis]
+            return dim, [_Map(first, _window_matrix(win, n_in, n_out),
+                              (win.stride, -win.pad, -win.pad + (win.kernel - 1) * win.dilation))]
+        if op.kind == "linear":
+            return (None, [_Map(first, np.ones((1, n_in), dtype=bool))]) if dim == ndim - 1 else (dim, same)
+        if op.kind == "layer_norm":
+            shape = getattr(kw, "normalized_shape", None) if isinstance(kw, nn.Module) else kw["normalized_shape"]
+            k = 1 if isinstance(shape, int) else len(shape)
+            return dim, everything if dim >= ndim - k else same
+        if op.kind == "spatial_norm":
+            return dim, everything if dim >= 2 else same
+        if op.kind == "softmax":
+            along = kw.dim if isinstance(kw, nn.Module) else kw.get("dim")
+            if along is None:
+                raise _Unmapped("softmax without dim")
+            return dim, everything if along % ndim == dim else same
+        raise _Unmapped(f"no geometry for an op of kind {op.kind!r}")
+
+    def _broadcast(self, node: fx.Node, axis: int) -> tuple[int | None, list[_Map]]:
+        """Arithmetic: inputs broadcast against each other, dims aligned from the right."""
+        out_shape = _shape(node)
+        data = [arg for arg in node.all_input_nodes if self.axes.get(arg) is not None]
+        dims = {}
+        for arg in data:
+            dim, _ = self.maps(arg, axis)
+            if dim is not None:
+                dims[arg] = dim + len(out_shape) - len(_shape(arg))
+        if len(set(dims.values())) > 1:
+            raise _Unmapped(f"it adds the image's {'yx'[axis]} axis to another axis")
+        out = next(iter(dims.values()), None)
+        n_out = out_shape[out] if out is not None else 1
+        maps = []
+        for arg in data:
+            n_in = _shape(arg)[self.maps(arg, axis)[0]] if arg in dims else 1
+            if n_in == n_out:
+                maps.append(_Map(arg, np.eye(n_in, dtype=bool), (1, 0, 0)))
+            else:  # broadcast: every output position reads its one position
+                maps.append(_Map(arg, np.ones((n_out, 1), dtype=bool), (0, 0, 0)))
+        return out, maps
+
+    def _concat(self, node: fx.Node, axis: int, kw: dict) -> tuple[int | None, list[_Map]]:
+        """Concatenation: inputs side by side along `dim`; along the image axis, each at its offset."""
+        tensors, ndim = list(kw["tensors"]), len(_shape(node))
+        along = kw.get("dim", 0) % ndim
+        if any(not isinstance(t, fx.Node) or self.axes.get(t) is None for t in tensors):
+            return self._probe(node, axis)  # constants among the inputs
+        dims = {self.maps(t, axis)[0] for t in tensors}
+        if len(dims) > 1:
+            return self._probe(node, axis)  # unlike layouts
+        out = dims.pop()
+        maps, offset = [], 0
+        for t in tensors:
+            n_in = _shape(t)[out] if out is not None else 1
+            if out == along:
+                matrix = np.zeros((_shape(node)[out], n_in), dtype=bool)
+                matrix[offset + np.arange(n_in), np.arange(n_in)] = True
+                maps.append(_Map(t, matrix, (1, -offset, -offset)))
+            else:
+                maps.append(_Map(t, np.eye(n_in, dtype=bool), (1, 0, 0)))
+            offset += _shape(t)[along]
+        return out, maps
+
+    def _probe(self, node: fx.Node, axis: int) -> tuple[int | None, list[_Map]]:
+        """Pure data movement, run on tensors that hold each element's coordinate along `axis` (1-based; 0
+        where a value does not come from the probed input): where the coordinates land says which output
+        dim holds the axis and which input position each output position reads."""
+        sources = self._sources(node)
+        results = {}
+        for source in sources:
+            dim, _ = self.maps(source, axis)
+            shape = _shape(source)
+            coords = torch.ones(shape, dtype=torch.float64)
+            if dim is not None:
+                coords = coords * torch.arange(1, shape[dim] + 1, dtype=torch.float64).view(
+                    [-1 if d == dim else 1 for d in range(len(shape))])
+            results[source] = self._run(node, {source: coords})
+        dims = {_coordinate_dim(out) for source, out in results.items() if self.maps(source, axis)[0] is not None}
+        dims.discard(None)
+        if len(dims) > 1:
+            raise _Unmapped(f"it spreads the image's {'yx'[axis]} axis over several dims")
+        out = dims.pop() if dims else None
+        maps = []
+        for source, result in results.items():
+            n_in = _shape(source)[self.maps(source, axis)[0]] if self.maps(source, axis)[0] is not None else 1
+            if out is None:  # the coordinates that came through (one, unless it is an input without the axis)
+                matrix = np.zeros((1, n_in), dtype=bool)
+                matrix[0, result[result != 0].unique().long().numpy() - 1] = True
+            else:  # one coordinate per index along `out` (checked by _coordinate_dim), 0 where none
+                top = _top(result, out).flatten().long().numpy()
+                matrix = np.zeros((len(top), n_in), dtype=bool)
+                matrix[np.nonzero(top)[0], top[top > 0] - 1] = True
+            maps.append(_Map(source, matrix, channels=self._channels_read(node, source)))
+        return out, maps
+
+    def _sources(self, node: fx.Node) -> list[fx.Node]:
+        """The tensors computed from the input that `node` moves data from, looking through tuples."""
+        found = []
+        for arg in node.all_input_nodes:
+            if self.axes.get(arg) == _TUPLE:
+                found += [s for s in self._sources(arg) if s not in found]
+            elif self.axes.get(arg) is not None and arg not in found:
+                found.append(arg)
+        return found
+
+    def _run(self, node: fx.Node, given: dict[fx.Node, torch.Tensor]):
+        """`node`'s op on `given` tensors in place of its inputs, zeros for its other inputs computed from
+        the model input, the values of the rest."""
+        def value(arg: fx.Node):
+            if arg in given:
+                return given[arg]
+            if self.axes.get(arg) == _TUPLE:
+                return self._run(arg, given)
+            if self.axes.get(arg) is not None:
+                return torch.zeros(_shape(arg), dtype=torch.float64)
+            if arg.op == "get_attr" or "value" in arg.meta:
+                return self.value(arg)
+            raise _Unmapped(f"it reads {describe(self.gm, arg)}, a tensor known only when the model runs")
+        args, kwargs = fx.node.map_arg(node.args, value), fx.node.map_arg(node.kwargs, value)
+        with torch.no_grad():
+            if node.op == "call_module":
+                return self.gm.get_submodule(node.target)(*args, **kwargs)
+            if node.op == "call_method":
+                return getattr(args[0], node.target)(*args[1:], **kwargs)
+            return node.target(*args, **kwargs)
+
+    def _channels_read(self, node: fx.Node, source: fx.Node) -> np.ndarray | None:
+        """Which of `source`'s elements off the image axes `node` reads (flattened), None when all are read
+        or when its channels all read the same positions anyway."""
+        if self.uniform.get(source, True):
+            return None
+        shape = _shape(source)
+        ids = torch.arange(1, int(np.prod(shape)) + 1, dtype=torch.float64).view(shape)
+        out = self._run(node, {source: ids})
+        read = torch.zeros(int(np.prod(shape)), dtype=torch.bool)
+        read[out[out != 0].long() - 1] = True
+        image_dims = [d for d in (self.maps(source, 0)[0], self.maps(source, 1)[0]) if d is not None]
+        read = read.view(shape).movedim(image_dims, list(range(len(image_dims))))
+        channels = read.reshape(int(np.prod([shape[d] for d in image_dims], dtype=int)), -1).any(0).numpy()
+        return None if channels.all() else channels
+
+
+def _coordinate_dim(out: torch.Tensor) -> int | None:
+    """The one dim along which the probed coordinates vary, each index along it holding one coordinate;
+    None when a single coordinate (or none) came through. _Unmapped when the coordinates mix with other dims."""
+    values = out[out != 0]
+    if len(values) == 0 or bool((values == values[0]).all()):
+        return None
+    found = [d for d in range(out.dim()) if out.shape[d] > 1 and bool(((out == 0) | (out == _top(out, d))).all())]
+    if len(found) != 1:
+        raise _Unmapped("it mixes the image's positions with another dim")
+    return found[0]
+
+
+def _top(out: torch.Tensor, dim: int) -> torch.Tensor:
+    """The largest value at each index along `dim`, kept broadcastable."""
+    others = [d for d in range(out.dim()) if d != dim]
+    return out.amax(dim=others, keepdim=True) if others else out
+
+
+def _attr(gm: fx.GraphModule, target: str):
+    module, _, name = target.rpartition(".")
+    return getattr(gm.get_submodule(module) if module else gm, name)
+
+
+def _groups(gm: fx.GraphModule, node: fx.Node) -> int:
+    if node.op == "call_module":
+        return gm.get_submodule(node.target).groups
+    groups = node.kwargs.get("groups", node.args[6] if len(node.args) > 6 else 1)
+    return groups if isinstance(groups, int) else 0
+
+
+def _window_matrix(win: Window, n_in: int, n_out: int) -> np.ndarray:
+    """Output i reads input i * stride - pad + t * dilation, t < kernel (those inside the input)."""
+    matrix = np.zeros((n_out, n_in), dtype=bool)
+    for t in range(win.kernel):
+        at = np.arange(n_out) * win.stride - win.pad + t * win.dilation
+        inside = (at >= 0) & (at < n_in)
+        matrix[np.nonzero(inside)[0], at[inside]] = True
+    return matrix
+
+
+def _bins(n_out: int, n_in: int) -> np.ndarray:
+    """Adaptive pooling: bin i covers [floor(i n_in / n_out), ceil((i + 1) n_in / n_out))."""
+    matrix = np.zeros((n_out, n_in), dtype=bool)
+    for i in range(n_out):
+        matrix[i, i * n_in // n_out: -(-(i + 1) * n_in // n_out)] = True
+    return matrix
+
+
+def _pad_map(first: fx.Node, pads: tuple[tuple[int, ...], str], dim: int, ndim: int, n_in: int,
+             n_out: int) -> _Map:
+    """Padding of `dim` by `pads` (F.pad widths, last dim first; negative widths crop) in mode `mode`."""
+    widths, mode = pads
+    j = 2 * (ndim - 1 - dim)
+    before = widths[j] if j < len(widths) else 0
+    at = np.arange(n_out) - before  # where each output position falls in the input
+    if mode == "reflect":
+        at = np.abs(at)
+        at = np.where(at >= n_in, 2 * (n_in - 1) - at, at)
+    elif mode == "replicate":
+        at = np.clip(at, 0, n_in - 1)
+    elif mode == "circular":
+        at = at % n_in
+    matrix = np.zeros((n_out, n_in), dtype=bool)
+    inside = (at >= 0) & (at < n_in)
+    matrix[np.nonzero(inside)[0], at[inside]] = True
+    return _Map(first, matrix, (1, -before, -before) if mode == "constant" else None)
+
+
+def _resample_matrix(kw, axis: int, n_in: int, n_out: int) -> np.ndarray:
+    """Which input positions each output position of an interpolation reads: the op itself run along one
+    axis on one-hot probes (nonzero weights; the other axis of size 1), so every mode is its own arithmetic."""
+    if isinstance(kw, nn.Module):  # nn.Upsample and its subclasses call F.interpolate with these
+        kw = {name: getattr(kw, name) for name in ("size", "scale_factor", "mode", "align_corners",
+                                                   "recompute_scale_factor")}
+    size, scale = kw.get("size"), kw.get("scale_factor")
+    pick = lambda v: v[axis] if isinstance(v, (tuple, list)) else v  # noqa: E731
+    shape = (n_in, n_in, 1) if axis == 0 else (n_in, 1, n_in)
+    probe = torch.eye(n_in, dtype=torch.float64).view(1, *shape)
+    both = lambda v, one: (v, one) if axis == 0 else (one, v)  # noqa: E731
+    out = F.interpolate(probe, size=both(pick(size), 1) if size is not None else None,
+                        scale_factor=both(float(pick(scale)), 1.0) if scale is not None else None,
+                        mode=kw.get("mode", "nearest"), align_corners=kw.get("align_corners"),
+                        recompute_scale_factor=kw.get("recompute_scale_factor"), antialias=kw.get("antialias", False))
+    out = out[0, :, :, 0] if axis == 0 else out[0, :, 0, :]  # (n_in, n_out)
+    if out.shape[1] != n_out:
+        raise _Unmapped(f"interpolating {n_in} positions gave {out.shape[1]}, not {n_out}")
+    return (out != 0).T.numpy()
+
+
+def _analytic_field(geometry: _Geometry, layer: str, target: fx.Node, input_size) -> ReceptiveField:
+    shape = _shape(target)
+    if len(shape) != 4:  # no spatial layout left: every unit sees the whole image
+        if isinstance(geometry.axes.get(target), str):
+            raise _Unmapped(geometry.axes[target])
+        whole = tuple(np.array([[0, n]]) for n in input_size)
+        return ReceptiveField(layer, input_size, (1, 1), input_size, input_size, *whole)
+    spans, free = [], []
+    for axis in (0, 1):
+        dim, _ = geometry.maps(target, axis)
+        if dim != 2 + axis and not (dim is None and shape[2 + axis] == 1):  # size 1: nothing to lay out
+            raise _Unmapped(f"its output's dim {2 + axis} is not the image's {'yx'[axis]} axis")
+        reads = _walk(geometry, target, axis, np.eye(shape[2 + axis], dtype=bool), _read_back,
+                      np.logical_or)  # (units, input size): which input rows (columns) each unit reads
+        first, last = reads.argmax(1), reads.shape[1] - 1 - reads[:, ::-1].argmax(1)
+        spans.append(np.where(reads.any(1)[:, None], np.stack([first, last + 1], 1), 0))  # [0, 0) if none
+        ends = _walk(geometry, target, axis, np.array([[0, 0], [1, 1]]), _extent_back,
+                     lambda u, v: np.stack([np.minimum(u[:, 0], v[:, 0]), np.maximum(u[:, 1], v[:, 1])], 1))
+        free.append((int(ends[0, 1] - ends[0, 0] + 1), int(ends[1, 0] - ends[0, 0])))  # units 0, 1 unclipped
+    return ReceptiveField(layer, input_size, (shape[2], shape[3]), size=(free[0][0], free[1][0]),
+                          stride=(free[0][1], free[1][1]), rows=spans[0], cols=spans[1])
+
+
+def _walk(geometry: _Geometry, target: fx.Node, axis: int, start, back, merge):
+    """Carry a value from `target` back to the model input along `axis`: `back(map, value)` gives the
+    value for the map's source (None: nothing), and a node reached from several consumers gets the `merge`
+    of their values. Returns the value the input gets. Raises _Unmapped at a node of unknown geometry, or
+    where a unit reads only some channels of a tensor whose channels read different positions."""
+    need, channels = {target: start}, {}
+    for node in list(geometry.gm.graph.nodes)[::-1]:  # topological order reversed: all consumers come first
+        if node not in need:
+            continue
+        if node is geometry.input:
+            return need[node]
+        read = channels.pop(node, None)
+        if read is not None and not read.all():
+            raise _Unmapped(f"units read only some channels of {describe(geometry.gm, node)}, whose channels "
+                            "read different parts of the image")
+        value = need.pop(node)
+        for m in geometry.maps(node, axis)[1]:
+            v = back(m, value)
+            if v is None:
+                continue
+            need[m.source] = merge(need[m.source], v) if m.source in need else v
+            if not geometry.uniform.get(m.source, True):
+                full = np.ones(1, dtype=bool)
+                seen = channels.get(m.source, np.zeros(1, dtype=bool))
+                channels[m.source] = (seen | m.channels) if m.channels is not None else full
+    raise ModelError(f"{describe(geometry.gm, target)} does not depend on the model input")
+
+
+def _read_back(m: _Map, reads: np.ndarray) -> np.ndarray:
+    """Input positions read by units reading output positions `reads` (units, n_out)."""
+    return (reads.astype(np.float32) @ m.matrix.astype(np.float32)) > 0
+
+
+def _extent_back(m: _Map, span: np.ndarray) -> np.ndarray | None:
+    """Inclusive input spans (units, 2) read by output spans `span`, without clipping to the image (what a
+    unit would see in an endless image): the map's arithmetic where known, else its matrix, continued
+    beyond its ends at the mean step."""
+    if m.affine is not None:
+        s, lo, hi = m.affine
+        return np.stack([span[:, 0] * s + lo, span[:, 1] * s + hi], 1)
+    n_out, n_in = m.matrix.shape
+    hit = m.matrix.any(1)
+    if not hit.any():
+        return None
+    rows = np.nonzero(hit)[0]
+    firsts, lasts = m.matrix[rows].argmax(1), n_in - 1 - m.matrix[rows, ::-1].argmax(1)
+    step = n_in / n_out if n_out > 1 else 0
+
+    def at(i, ends, rounding):
+        k = np.clip(np.searchsorted(rows, i), 0, len(rows) - 1)
+        return ends[k] + rounding((i - rows[k]) * step).astype(int)
+
+    return np.stack([at(span[:, 0], firsts, np.floor), at(span[:, 1], lasts, np.ceil)], 1)
+
+
+# --- the fallback: the support of the input gradient of a linearized copy ---------------------------------
+
+def gradient_fields(gm: fx.GraphModule, layers: dict[str, tuple[fx.Node, str]], input_size: tuple[int, int],
+                    in_channels: int, budget: int = 2 ** 30) -> dict[str, ReceptiveField]:
+    """Receptive fields of `layers` {path: (its node in `gm`, why the analytic walk could not map it)}: the
+    support of the gradient of each unit (the sum of its channels) with respect to the input, run on
+    `_Linearized(gm)`, which makes that support the unit's dependency set (see there). `gm` carries shapes.
+
+    Cost: a unit's box is its row's y-span × its column's x-span whenever the dependency is separable,
+    which every op with per-axis geometry keeps; so the units (i, i) along the diagonal give every row's
+    and column's span (max(H', W') units) and five more units (corners, centre, random) check that this
+    reproduces their boxes; where a check fails, or a diagonal unit reads nothing, every unit is computed.
+    Units are batched: one forward and one backward per layer for as many as fit in `budget` bytes.
+    """
+    requests, plans, fields = {}, {}, {}
+    for layer, (node, why) in layers.items():
+        shape = _shape(node)
+        if len(shape) != 4:  # no spatial layout: every unit sees the whole image, as in the analytic case
+            whole = tuple(np.array([[0, n]]) for n in input_size)
+            fields[layer] = ReceptiveField(layer, input_size, (1, 1), input_size, input_size, *whole)
+            continue
+        h, w = shape[2:]
+        rng = np.random.default_rng(0)
+        diag = [(min(i, h - 1), min(i, w - 1)) for i in range(max(h, w))]
+        checks = [(0, w - 1), (h - 1, 0), (h // 2, w // 2)] + [(int(rng.integers(h)), int(rng.integers(w)))
+                                                               for _ in range(2)]
+        requests[node], plans[layer] = diag + checks, (node, why, diag, checks)
+    runner = _Linearized(gm)
+    boxes = _unit_boxes(runner, requests, (in_channels, *input_size), budget)
+    every = {}
+    for layer, (node, why, diag, checks) in plans.items():
+        rows, cols = _spans(boxes[node], diag, *_shape(node)[2:])
+        found = boxes[node][len(diag):]
+        separable = all(x1 > x0 for x0, _, x1, _ in boxes[node][:len(diag)]) and all(
+            tuple(b) == (cols[x][0], rows[y][0], cols[x][1], rows[y][1]) for (y, x), b in zip(checks, found))
+        if not separable:
+            every[node] = [(y, x) for y in range(h) for x in range(w)]
+    every_boxes = _unit_boxes(runner, every, (in_channels, *input_size), budget) if every else {}
+    for layer, (node, why, diag, _) in plans.items():
+        h, w = _shape(node)[2:]
+        per_unit = every_boxes[node].reshape(h, w, 4) if node in every_boxes else None
+        if per_unit is not None:  # rows and columns: the hull of their units' boxes
+            rows = np.stack([per_unit[:, :, 1].min(1), per_unit[:, :, 3].max(1)], 1)
+            cols = np.stack([per_unit[:, :, 0].min(0), per_unit[:, :, 2].max(0)], 1)
+        else:
+            rows, cols = _spans(boxes[node], diag, h, w)
+        size = (int((rows[:, 1] - rows[:, 0]).max()), int((cols[:, 1] - cols[:, 0]).max()))
+        stride = tuple(max(1, round(n / m)) for n, m in zip(input_size, (h, w)))  # clipped spans do not show it
+        fields[layer] = ReceptiveField(layer, input_size, (h, w), size, stride, rows, cols, method="gradient",
+                                       note=why, boxes=per_unit)
+    return fields
+
+
+def _spans(boxes: np.ndarray, diag: list[tuple[int, int]], h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's [y0, y1) and each column's [x0, x1) from the boxes of the diagonal units (i, i)."""
+    rows, cols = np.zeros((h, 2), int), np.zeros((w, 2), int)
+    for (y, x), (x0, y0, x1, y1) in zip(diag, boxes):
+        rows[y], cols[x] = (y0, y1), (x0, x1)
+    return rows, cols
+
+
+def _unit_boxes(runner: _Linearized, requests: dict[fx.Node, list[tuple[int, int]]], image: tuple[int, int, int],
+                budget: int) -> dict[fx.Node, np.ndarray]:
+    """{node: (units, 4) boxes (x0, y0, x1, y1), half-open} of the input-gradient support of each requested
+    unit (y, x) of each node (all channels summed); sample i of a batch serves unit i of every node."""
+    count = max(len(units) for units in requests.values())
+    deepest = max(requests, key=lambda n: list(runner.module.graph.nodes).index(n))
+    per_sample = 8 * 3 * sum(int(np.prod(_shape(n))) for n in runner.module.graph.nodes
+                             if n.meta.get("tensor_meta") is not None and len(_shape(n)) > 0
+                             and list(runner.module.graph.nodes).index(n) <= list(runner.module.graph.nodes).index(deepest))
+    chunk = int(max(1, min(count, budget // max(per_sample, 1))))
+    out = {node: np.zeros((len(units), 4), int) for node, units in requests.items()}
+    generator = torch.Generator().manual_seed(0)
+    for start in range(0, count, chunk):
+        wanted = {node: units[start:start + chunk] for node, units in requests.items() if start < len(units)}
+        x = 0.5 + torch.rand((min(chunk, count - start), *image), generator=generator, dtype=torch.float64)
+        x = x.to(runner.device).requires_grad_()
+        outputs = runner.run_to(x, set(wanted))
+        for node, units in wanted.items():
+            ys, xs = (torch.tensor(v, device=runner.device) for v in zip(*units))
+            picked = outputs[node][torch.arange(len(units), device=runner.device), :, ys, xs]  # (units, C)
+            if not picked.requires_grad:  # does not depend on the input
+                continue
+            (grad,) = torch.autograd.grad(picked.sum(), x, retain_graph=True)
+            support = (grad[:len(units)] != 0).any(1).cpu().numpy()  # (units, H, W)
+            out[node][start:start + len(units)] = [_support_box(s) for s in support]
+    return out
+
+
+def _support_box(support: np.ndarray) -> tuple[int, int, int, int]:
+    rows, cols = np.nonzero(support.any(1))[0], np.nonzero(support.any(0))[0]
+    return (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1) if len(rows) else (0, 0, 0, 0)
+
+
+class _Reached(Exception):
+    """Stops the forward pass once every node asked for has been computed."""
+
+
+class _Linearized(fx.Interpreter):
+    """Runs the traced model with each op replaced by one with the same dependency pattern whose partial
+    derivatives are all positive, on positive inputs, in float64 (inputs drawn from [0.5, 1.5)).
+
+    Why the gradient's support is then exactly the set of input pixels a unit depends on: by the chain rule
+    the gradient is a sum over paths of products of local derivatives; when every local derivative along
+    every dependency is positive, no product is zero and no sum cancels, so a pixel has a nonzero gradient
+    iff a path of dependencies joins it to the unit. The replacements (the op table says which op is which):
+    - activations, BatchNorm, dropout, identities, negation -> the identity (same dependency, derivative 1);
+    - convolutions and Linear -> the same geometry with random weights in [0.5, 1.5) / fan-in (dense, as
+      the analytic path assumes; averaging keeps values near 1 so that deep products stay far from
+      float64's range);
+    - max pooling (which passes gradient to one pixel of its window) -> sum pooling over the same windows,
+      adaptive max -> adaptive average;
+    - LayerNorm, GroupNorm, InstanceNorm, softmax, LRN -> x + mean(x over the dims they normalize), amax/amin
+      -> mean: every element they read, derivative positive;
+    - subtraction -> addition, division by a tensor -> multiplication, scalars -> their absolute values;
+      products of positive values have positive partial derivatives;
+    - weights read in the forward (`get_attr`) and the parameters and buffers of modules outside the table
+      -> random positive values where they are nonzero (a mask's zeros are kept).
+    Average pooling, padding, interpolation, concatenation and data movement are linear with nonnegative
+    coefficients already and run as they are. An op outside the table runs as it is on these positive
+    values: exact when its own derivatives are nonnegative (or it moves data); an op that routes gradient
+    by value (sorting, `max` along a dim) or samples data-dependent positions (grid_sample) would give a
+    subset of its dependencies.
+    """
+
+    def __init__(self, gm: fx.GraphModule):
+        super().__init__(gm)
+        param = next(gm.parameters(), None)
+        self.device = param.device if param is not None else torch.device("cpu")
+        self.generator = torch.Generator().manual_seed(0)
+        self.stand_ins: dict[object, torch.Tensor] = {}
+        self.node: fx.Node | None = None
+
+    def run_to(self, x: torch.Tensor, targets: set[fx.Node]) -> dict[fx.Node, torch.Tensor]:
+        """The outputs of `targets` for input `x`, stopping the forward once they are computed."""
+        self.found, self.targets = {}, targets
+        dtype = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float64)  # tensors the forward makes (torch.zeros) match the input
+        try:
+            self.run(x)
+        except _Reached:
+            pass
+        finally:
+            torch.set_default_dtype(dtype)
+        return self.found
+
+    def run_node(self, n: fx.Node):
+        self.node = n
+        result = super().run_node(n)
+        if n in self.targets:
+            self.found[n] = result
+            if len(self.found) == len(self.targets):
+                raise _Reached
+        return result
+
+    def _positive(self, key, t):
+        """Random positive values where `t` is nonzero (floating tensors; others as they are), kept per key."""
+        if not (isinstance(t, torch.Tensor) and t.is_floating_point()):
+            return t
+        if key not in self.stand_ins:
+            r = 0.5 + torch.rand(t.shape, generator=self.generator, dtype=torch.float64).to(t.device)
+            self.stand_ins[key] = torch.where(t != 0, r, torch.zeros((), dtype=torch.float64, device=t.device))
+        return self.stand_ins[key]
+
+    def _dense(self, shape) -> torch.Tensor:
+        """Random weights in [0.5, 1.5) / fan-in of `shape` (out, in, ...), one draw per node."""
+        key = (self.node.name, "weight")
+        if key not in self.stand_ins:
+            w = 0.5 + torch.rand(tuple(shape), generator=self.generator, dtype=torch.float64)
+            self.stand_ins[key] = (w / int(np.prod(shape[1:]))).to(self.device)
+        return self.stand_ins[key]
+
+    def get_attr(self, target, args, kwargs):
+        return self._positive(target, super().get_attr(target, args, kwargs))
+
+    def call_module(self, target, args, kwargs):
+        module = self.fetch_attr(target)
+        op = module_op(module)
+        kind, x = (op.kind if op else None), (args[0] if args else None)
+        if kind in ELEMENTWISE_KINDS:
+            return x
+        if kind == "conv":
+            return module._conv_forward(x, self._dense(module.weight.shape), None)
+        if kind == "linear":
+            return F.linear(x, self._dense(module.weight.shape))
+        if isinstance(module, nn.MaxPool2d):
+            return _sum_pool(x, node_windows(self.module, self.node), _shape(self.node)[-2:])
+        if isinstance(module, nn.AdaptiveMaxPool2d):
+            return F.adaptive_avg_pool2d(x, module.output_size)
+        if kind == "layer_norm":
+            return _plus_mean(x, range(-len(module.normalized_shape), 0))
+        if kind == "spatial_norm":
+            return _plus_group_mean(x, getattr(module, "num_groups", x.shape[1]))
+        if kind == "softmax":
+            return _plus_mean(x, [module.dim])
+        if kind == "channel_mix" and not isinstance(module, nn.ChannelShuffle):
+            return _plus_mean(x, [1])
+        if op is not None:  # padding, average and adaptive average pooling, interpolation, moves
+            return module(*args, **kwargs)
+        state = {name: self._positive((target, name), t)
+                 for name, t in [*module.named_parameters(), *module.named_buffers()]}
+        return torch.func.functional_call(module, state, args, kwargs)
+
+    def call_function(self, target, args, kwargs):
+        try:
+            op = FUNCTIONS.get(target)
+        except TypeError:  # an unhashable callable is not in the table
+            op = None
+        surrogate = self._surrogate(op, target, args, kwargs)
+        return target(*args, **kwargs) if surrogate is _KEEP else surrogate
+
+    def call_method(self, target, args, kwargs):
+        surrogate = self._surrogate(METHODS.get(target), target, args, kwargs)
+        return getattr(args[0], target)(*args[1:], **kwargs) if surrogate is _KEEP else surrogate
+
+    def _surrogate(self, op, target, args, kwargs):
+        """The replacement of a function or method call, or _KEEP to run it as it is."""
+        kind = op.kind if op else None
+        kw = bind_arguments(op, args, kwargs) if op else {}
+        name = target if isinstance(target, str) else getattr(target, "__name__", "")
+        if kind in ELEMENTWISE_KINDS:
+            return args[0]
+        if kind == "arithmetic":
+            return _positive_arithmetic(name.strip("_"), args, kwargs)
+        if kind == "conv":
+            return F.conv2d(kw["input"], self._dense(kw["weight"].shape), None, kw.get("stride", 1),
+                            kw.get("padding", 0), kw.get("dilation", 1), kw.get("groups", 1))
+        if kind == "linear":
+            return F.linear(kw["input"], self._dense(kw["weight"].shape))
+        if target is F.max_pool2d:
+            return _sum_pool(kw["input"], op.windows(kw), _shape(self.node)[-2:])
+        if target is F.adaptive_max_pool2d:
+            return F.adaptive_avg_pool2d(args[0], args[1] if len(args) > 1 else kwargs["output_size"])
+        if kind == "layer_norm":
+            shape = kw["normalized_shape"]
+            return _plus_mean(kw["input"], range(-(1 if isinstance(shape, int) else len(shape)), 0))
+        if kind == "spatial_norm":
+            groups = args[1] if target is F.group_norm and len(args) > 1 else kwargs.get("num_groups")
+            return _plus_group_mean(args[0], groups or args[0].shape[1])
+        if kind == "softmax":
+            return _plus_mean(kw["input"], [kw["dim"]])
+        if kind == "reduce" and name in ("amax", "amin"):
+            dims = kw.get("dim", ())
+            return kw["input"].mean(dim=dims if dims != () else None, keepdim=kw.get("keepdim", False))
+        if target is F.local_response_norm:
+            return _plus_mean(args[0], [1])
+        return _KEEP
+
+
+_KEEP = object()
+
+
+def _positive_arithmetic(name: str, args, kwargs):
+    """add, sub -> a + |alpha| b; mul -> a b; div -> a b (by a tensor) or a / |b|; neg -> a; scalars made
+    positive, so that every partial derivative is positive on positive values."""
+    pos = lambda v: abs(v) if isinstance(v, (int, float)) else v  # noqa: E731
+    a, b = pos(args[0]), pos(args[1] if len(args) > 1 else kwargs.get("other"))
+    if name == "neg" or b is None:
+        return a
+    if name in ("add", "iadd", "sub", "isub"):
+        return a + abs(kwargs.get("alpha", 1)) * b
+    return a / b if name in ("truediv", "div") and not isinstance(b, torch.Tensor) else a * b
+
+
+def _plus_mean(x: torch.Tensor, dims) -> torch.Tensor:
+    return x + x.mean(dim=tuple(dims), keepdim=True)
+
+
+def _plus_group_mean(x: torch.Tensor, groups: int) -> torch.Tensor:
+    g = x.reshape(x.shape[0], groups, -1)
+    return (g + g.mean(-1, keepdim=True)).reshape(x.shape)
+
+
+def _sum_pool(x: torch.Tensor, windows: tuple[Window, Window], out_size) -> torch.Tensor:
+    """Sums over exactly the windows of a pooling to `out_size` (ceil mode's last partial window included)."""
+    n = x.shape[-2:]
+    after = [(o - 1) * w.stride + (w.kernel - 1) * w.dilation + 1 - (m + w.pad) for o, m, w in zip(out_size, n, windows)]
+    x = F.pad(x, (windows[1].pad, after[1], windows[0].pad, after[0]))
+    ones = torch.ones(x.shape[1], 1, windows[0].kernel, windows[1].kernel, dtype=x.dtype, device=x.device)
+    return F.conv2d(x, ones, None, (windows[0].stride, windows[1].stride), 0,
+                    (windows[0].dilation, windows[1].dilation), x.shape[1])

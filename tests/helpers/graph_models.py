@@ -86,7 +86,7 @@ class DepthwiseNet(nn.Sequential):
 
 
 class Upsampler(nn.Sequential):
-    """A conv after a bilinear upsampling, which receptive fields do not support."""
+    """A conv after a bilinear upsampling (receptive fields read its interpolation weights)."""
 
     def __init__(self):
         super().__init__(nn.Conv2d(1, 2, 3), nn.Upsample(scale_factor=2, mode="bilinear"), nn.Conv2d(2, 2, 3))
@@ -123,3 +123,56 @@ def torchvision_model(name: str) -> nn.Module:
     alone takes seconds). Shared: never modify it; copy it first."""
     torch.manual_seed(0)
     return getattr(torchvision.models, name)(weights=None).eval()
+
+
+class OptionABlock(nn.Module):
+    """CIFAR ResNet basic block with the option-A shortcut of He et al. (2016): when the block halves the
+    image, the identity is subsampled with a strided slice and zero-padded with channels (`F.pad` of the
+    channel dim only), as in the popular CIFAR-10 ResNet-20 code; ReLUs are functional."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = LambdaLayer(lambda x: F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, planes // 4, planes // 4)))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class LambdaLayer(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+class CifarResNet(nn.Module):
+    """ResNet-20 (3 stages of `blocks` option-A blocks, 16/32/64 channels) for (3, 32, 32) inputs.
+    Layers: conv1, layer1..3 (and their blocks layerN.i), linear."""
+
+    def __init__(self, blocks: int = 3, num_classes: int = 10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        planes, layers = 16, []
+        for width, stride in ((16, 1), (32, 2), (64, 2)):
+            layers.append(nn.Sequential(*[OptionABlock(planes if i == 0 else width, width, stride if i == 0 else 1)
+                                          for i in range(blocks)]))
+            planes = width
+        self.layer1, self.layer2, self.layer3 = layers
+        self.linear = nn.Linear(64, num_classes)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer3(self.layer2(self.layer1(out)))
+        out = F.avg_pool2d(out, out.size()[3])
+        return self.linear(out.view(out.size(0), -1))
