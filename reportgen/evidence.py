@@ -9,6 +9,8 @@ import numpy as np
 from .data import sample_indices
 from .errors import ModelError, SpecError
 from .graph import receptive_field
+from .graph import receptive_fields as graph_receptive_fields
+from .graph.receptive import whole_image
 from .record import PENULTIMATE, Evidence, RecordPlan, layer_from_arrays, layer_to_arrays, record
 
 RECORD_VERSION = "record-2"  # bump when the pass's results change meaning (2: skipped images named from the root)
@@ -77,13 +79,26 @@ def _evidence(ctx, hits: dict) -> Evidence:
 
 
 def receptive_fields(ctx) -> dict:
-    """{layer path: ReceptiveField} for every spatial layer that has one (a warning names those that don't)."""
-    out = {}
-    size = (ctx.model.input_size, ctx.model.input_size)
-    for l in ctx.layers:
-        if len(l.output_shape) == 3:
+    """{layer path: ReceptiveField} for every spatial layer, before the pass: analytic where the graph's ops
+    are known, else the exact gradient support of a linearized copy (named in the log); the whole image, with
+    a warning, only where torch.fx cannot trace the model or a layer is not in its graph."""
+    size = ctx.model.input_size
+    size = (size, size) if isinstance(size, int) else tuple(size)  # (H, W)
+    spatial = [l for l in ctx.layers if len(l.output_shape) == 3]
+    if not spatial:
+        return {}
+    try:
+        fields = graph_receptive_fields(ctx.model.module, [l.path for l in spatial], size, ctx.model.channels)
+    except ModelError:
+        fields = {}
+        for l in spatial:  # one layer's failure is not every layer's
             try:
-                out[l.path] = receptive_field(ctx.model.module, l.path, size)
+                fields[l.path] = receptive_field(ctx.model.module, l.path, size, ctx.model.channels)
             except ModelError as exc:
-                ctx.log(f"warning: no receptive field for {l.name}: {exc}")
-    return out
+                ctx.log(f"warning: receptive field of {l.name}: {exc}; its patches are the whole image")
+                fields[l.path] = whole_image(l.path, size, tuple(l.output_shape[1:]))
+    by_gradient = [l for l in spatial if fields[l.path].method == "gradient"]
+    if by_gradient:
+        ctx.log(f"receptive fields of {', '.join(l.name for l in by_gradient)} from the input gradient of a "
+                f"linearized copy (exact): {fields[by_gradient[0].path].note}")
+    return fields

@@ -82,11 +82,12 @@ def receptive_field(model: nn.Module, layer: str, input_size: tuple[int, int],
 
 
 def receptive_fields(model: nn.Module, layers: list[str], input_size: tuple[int, int],
-                     in_channels: int | None = None) -> dict[str, ReceptiveField]:
+                     in_channels: int | None = None, method: str = "auto") -> dict[str, ReceptiveField]:
     """Receptive fields of several layers' units for inputs of `input_size` (H, W), by layer path.
 
     Analytic (see the module docstring) where every op between the layer and the input has known geometry;
-    the others by `gradient_fields`, exact too, at the cost of forward and backward passes. Units of a layer
+    the others by `gradient_fields`, exact too, at the cost of forward and backward passes (`method`
+    "gradient": every layer by it, to compare). Units of a layer
     without spatial layout (after flatten / Linear) see the whole image. Node sizes come from propagating
     a (1, C, H, W) input, C being `in_channels` or what the first conv called takes. Raises ModelError when
     the model cannot be traced or a layer is not in its forward.
@@ -104,11 +105,17 @@ def receptive_fields(model: nn.Module, layers: list[str], input_size: tuple[int,
     fields, unmapped = {}, {}
     for layer, node in targets.items():
         try:
+            if method == "gradient":
+                raise _Unmapped("asked for")
             fields[layer] = _analytic_field(geometry, layer, node, input_size)
         except _Unmapped as reason:
             unmapped[layer] = (node, str(reason))
     if unmapped:
-        fields |= gradient_fields(gm, unmapped, input_size, in_channels)
+        try:
+            fields |= gradient_fields(gm, unmapped, input_size, in_channels)
+        except Exception as error:  # the model's own ops failing on the linearized run, in float64
+            raise ModelError(f"receptive fields of {', '.join(map(repr, unmapped))}: the input-gradient fallback "
+                             f"failed ({type(error).__name__}: {error})") from error
     return {layer: fields[layer] for layer in layers}
 
 
@@ -610,7 +617,8 @@ def gradient_fields(gm: fx.GraphModule, layers: dict[str, tuple[fx.Node, str]], 
     boxes = _unit_boxes(runner, requests, (in_channels, *input_size), budget)
     every = {}
     for layer, (node, why, diag, checks) in plans.items():
-        rows, cols = _spans(boxes[node], diag, *_shape(node)[2:])
+        h, w = _shape(node)[2:]
+        rows, cols = _spans(boxes[node], diag, h, w)
         found = boxes[node][len(diag):]
         separable = all(x1 > x0 for x0, _, x1, _ in boxes[node][:len(diag)]) and all(
             tuple(b) == (cols[x][0], rows[y][0], cols[x][1], rows[y][1]) for (y, x), b in zip(checks, found))

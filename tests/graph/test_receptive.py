@@ -2,10 +2,14 @@
 
 Receptive fields are checked against autograd: the bounding box of the nonzero input gradient of a
 unit. That box equals the arithmetic one when every path carries gradient (random weights, leaky
-ReLUs, average pooling) and lies inside it with max pooling and ReLUs, which drop paths.
+ReLUs, average pooling; or no ReLUs and positive weights) and lies inside it with max pooling and ReLUs,
+which drop paths. The fallback (`method="gradient"`) is checked against the analytic fields, against
+autograd on models the tests linearize themselves, and against boxes worked out by hand.
 """
 
 import copy
+import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,8 +18,10 @@ import torch.nn as nn
 
 from reportgen.demo import fashion_cnn
 from reportgen.errors import ModelError
-from reportgen.graph import receptive_field, receptive_fields
-from tests.helpers.graph_models import OddNet, SmallCNN, Upsampler, randomize_batchnorm, torchvision_model
+from reportgen.evidence import receptive_fields as evidence_receptive_fields
+from reportgen.graph import ReceptiveField, receptive_field, receptive_fields
+from tests.helpers.graph_models import (Branchy, CifarResNet, CumsumNet, OddNet, SmallCNN, Transposer, Upsampler,
+                                        randomize_batchnorm, torchvision_model)
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")  # OddNet's, on purpose
 
@@ -24,9 +30,10 @@ class _Reached(Exception):
     """Stops the forward pass once every layer of interest has been computed."""
 
 
-def gradient_boxes(model, units_by_layer, x):
-    """{layer: [(x0, y0, x1, y1)]}: the box of the nonzero input gradient of a random channel mix of
-    each layer at each of its units ((0, 0, 0, 0) when empty). One forward pass serves all layers."""
+def gradient_boxes(model, units_by_layer, x, mix=True):
+    """{layer: [(x0, y0, x1, y1)]}: the box of the nonzero input gradient of a random channel mix (the
+    channels' sum unless `mix`) of each layer at each of its units ((0, 0, 0, 0) when empty). One forward
+    pass serves all layers."""
     count = max(len(units) for units in units_by_layer.values())
     outputs, handles = {}, []
 
@@ -52,8 +59,8 @@ def gradient_boxes(model, units_by_layer, x):
         out, index = outputs[layer], torch.arange(len(units))
         ys, xs_ = torch.tensor([u[0] for u in units]), torch.tensor([u[1] for u in units])
         picked = out[index, :, ys, xs_] if out.dim() == 4 else out[index]  # (units, C)
-        mix = torch.randn(picked.shape[1], generator=torch.Generator().manual_seed(1))
-        (grad,) = torch.autograd.grad((picked * mix).sum(), xs, retain_graph=True)
+        weights = torch.randn(picked.shape[1], generator=torch.Generator().manual_seed(1)) if mix else 1
+        (grad,) = torch.autograd.grad((picked * weights).sum(), xs, retain_graph=True)
         boxes[layer] = [_support_box(g) for g in grad[: len(units)].abs().sum(1).numpy()]
     return boxes
 
@@ -137,3 +144,82 @@ def test_receptive_field_errors():
         field.box(14, 0)
     with pytest.raises(ModelError, match=r"layer 'features.9' is not a module called in the model's forward"):
         receptive_field(SmallCNN(), "features.9", (28, 28))
+
+
+def every_unit(shape):
+    return [(y, x) for y in range(shape[0]) for x in range(shape[1])]
+
+
+def positive_linear(model):
+    """Random positive conv weights and BatchNorm scales, eval mode: with no ReLUs every path carries a
+    positive gradient, so the gradient's support is the whole dependency set (the test's own brute force)."""
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (nn.Conv2d, nn.BatchNorm2d)):
+                module.weight.copy_(0.5 + torch.rand(module.weight.shape, generator=generator))
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_var.copy_(0.5 + torch.rand(module.running_var.shape, generator=generator))
+    return model.eval()
+
+
+CIFAR_BLOCKS = [f"layer{i}.{j}" for i in (1, 2, 3) for j in (0, 1, 2)] + ["layer1", "layer2", "layer3"]
+
+
+def test_option_a_resnet_blocks_are_the_gradient_support():
+    # The popular CIFAR-10 ResNet-20: the option-A shortcut x[:, :, ::2, ::2] zero-padded with channels by F.pad.
+    fields = receptive_fields(CifarResNet().eval(), CIFAR_BLOCKS, (16, 16))
+    assert {f.method for f in fields.values()} == {"analytic"}
+    linear = positive_linear(CifarResNet(act=lambda x: x))  # the same wiring, ReLUs removed
+    units = {layer: every_unit(fields[layer].output_size) for layer in CIFAR_BLOCKS}
+    x = torch.rand(1, 3, 16, 16) + 0.5
+    for layer, boxes in gradient_boxes(linear, units, x, mix=False).items():
+        assert [fields[layer].box(*unit) for unit in units[layer]] == boxes, layer
+    assert fields["layer3"].output_size == (4, 4) and fields["layer2.0"].box(0, 0) == (0, 0, 11, 11)
+
+
+def test_receptive_fields_use_the_input_size_as_height_and_width():
+    field = receptive_field(CifarResNet().eval(), "layer2", (24, 16))  # the model's head needs H >= W
+    assert (field.input_size, field.output_size, field.size, field.stride) == ((24, 16), (12, 8), (37, 37), (2, 2))
+    # unit i reads [2i - 18, 2i + 18] along each axis, clipped to the 24 x 16 image
+    assert field.box(11, 0) == (0, 2 * 11 - 18, 16, 24) and field.box(0, 7) == (0, 0, 16, 19)
+    assert field.box(2, 0) == (0, 0, 16, 2 * 2 + 19)
+
+
+FALLBACK_CASES = [  # model factory, input (C, H, W), layers: analytic and gradient fields must agree
+    (lambda: torchvision_model("vgg11"), (3, 32, 32), ["features.2", "features.7", "features.15", "features.20"]),
+    (lambda: torchvision_model("resnet18"), (3, 40, 40), ["maxpool", "layer1.1", "layer2.0.bn1", "layer3", "layer4"]),
+    (lambda: CifarResNet().eval(), (3, 24, 16), ["layer1.0", "layer2", "layer3.1"]),
+    (lambda: OddNet(pool="max").eval(), (1, 29, 27), ["a", "b", "e", "c", "d", "gate"]),
+    (lambda: Upsampler().eval(), (1, 15, 13), ["1", "2"]),
+]
+
+
+@pytest.mark.parametrize("factory, size, layers", FALLBACK_CASES, ids=["vgg11", "resnet18", "cifar", "odd", "upsample"])
+def test_analytic_fields_equal_the_gradient_fallback(factory, size, layers):
+    model = factory()
+    analytic = receptive_fields(model, layers, size[1:])
+    fallback = receptive_fields(model, layers, size[1:], method="gradient")
+    for layer in layers:
+        assert (analytic[layer].method, fallback[layer].method) == ("analytic", "gradient")
+        units = every_unit(analytic[layer].output_size)
+        assert [fallback[layer].box(*u) for u in units] == [analytic[layer].box(*u) for u in units], layer
+
+
+def test_fallback_for_an_op_without_geometry_matches_the_hand_computation():
+    field = receptive_field(CumsumNet(), "b", (11, 9))
+    assert field.method == "gradient" and "cumsum" in field.note
+    assert field.boxes is None  # separable: rows and columns
+    for y, x in every_unit((11, 9)):
+        assert field.box(y, x) == (0, max(0, y - 2), min(9, x + 3), min(11, y + 3))
+
+
+def test_fallback_computes_every_unit_when_boxes_are_not_separable():
+    model = Transposer().eval()
+    field = receptive_field(model, "b", (9, 9))
+    assert field.method == "gradient" and field.boxes is not None
+    units = every_unit((9, 9))
+    (boxes,) = gradient_boxes(positive_linear(copy.deepcopy(model)), {"b": units}, torch.rand(1, 1, 9, 9) + 0.5,
+                              mix=False).values()
+    assert [field.box(*u) for u in units] == boxes
+    assert field.box(1, 7) == (0, 0, 9, 9) and field.box(4, 4) == (2, 2, 7, 7)

@@ -130,8 +130,9 @@ class OptionABlock(nn.Module):
     image, the identity is subsampled with a strided slice and zero-padded with channels (`F.pad` of the
     channel dim only), as in the popular CIFAR-10 ResNet-20 code; ReLUs are functional."""
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, act=F.relu):
         super().__init__()
+        self.act = act
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
@@ -141,9 +142,9 @@ class OptionABlock(nn.Module):
             self.shortcut = LambdaLayer(lambda x: F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, planes // 4, planes // 4)))
 
     def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.act(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+        return self.act(out + self.shortcut(x))
 
 
 class LambdaLayer(nn.Module):
@@ -157,22 +158,48 @@ class LambdaLayer(nn.Module):
 
 class CifarResNet(nn.Module):
     """ResNet-20 (3 stages of `blocks` option-A blocks, 16/32/64 channels) for (3, 32, 32) inputs.
-    Layers: conv1, layer1..3 (and their blocks layerN.i), linear."""
+    Layers: conv1, layer1..3 (and their blocks layerN.i), linear. `act`: the activation (functional)."""
 
-    def __init__(self, blocks: int = 3, num_classes: int = 10):
+    def __init__(self, blocks: int = 3, num_classes: int = 10, act=F.relu):
         super().__init__()
+        self.act = act
         self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
         planes, layers = 16, []
         for width, stride in ((16, 1), (32, 2), (64, 2)):
-            layers.append(nn.Sequential(*[OptionABlock(planes if i == 0 else width, width, stride if i == 0 else 1)
+            layers.append(nn.Sequential(*[OptionABlock(planes if i == 0 else width, width, stride if i == 0 else 1, act)
                                           for i in range(blocks)]))
             planes = width
         self.layer1, self.layer2, self.layer3 = layers
         self.linear = nn.Linear(64, num_classes)
 
     def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.act(self.bn1(self.conv1(x)))
         out = self.layer3(self.layer2(self.layer1(out)))
         out = F.avg_pool2d(out, out.size()[3])
         return self.linear(out.view(out.size(0), -1))
+
+
+class Transposer(nn.Module):
+    """x + its transpose, then a conv: unit (y, x) reads around (y, x) and (x, y), so its box is not its
+    row's span × its column's (a square input)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(1, 2, 3, padding=1), nn.Conv2d(2, 2, 3, padding=1)
+
+    def forward(self, x):
+        x = self.a(x)
+        return self.b(x + x.transpose(2, 3))
+
+
+class CumsumNet(nn.Module):
+    """A cumulative sum along x between two 3x3 convs: an op without known geometry. Unit (y, x) of `b`
+    reads rows y - 2 .. y + 2 and columns 0 .. x + 2."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(1, 2, 3, padding=1), nn.Conv2d(2, 2, 3, padding=1)
+
+    def forward(self, x):
+        return self.b(torch.cumsum(self.a(x), dim=3))
