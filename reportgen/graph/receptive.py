@@ -509,26 +509,46 @@ def _resample_matrix(kw, axis: int, n_in: int, n_out: int) -> np.ndarray:
 
 
 def _analytic_field(geometry: _Geometry, layer: str, target: fx.Node, input_size) -> ReceptiveField:
+    """The field of `target`'s units (y, x) = its output's dims 2 and 3, all of dim 1 ("channels") summed.
+    An image axis in dim 1 (a channels-last layer, read as (C, H, W) = (H, W, C)) is read whole; one in
+    dim 3 (or y in dim 3, x in dim 2) makes the boxes per unit."""
     shape = _shape(target)
     if len(shape) != 4:  # no spatial layout left: every unit sees the whole image
-        if isinstance(geometry.axes.get(target), str):
-            raise _Unmapped(geometry.axes[target])
         whole = tuple(np.array([[0, n]]) for n in input_size)
         return ReceptiveField(layer, input_size, (1, 1), input_size, input_size, *whole)
-    spans, free = [], []
+    spans, free, index = [], [], []
     for axis in (0, 1):
         dim, _ = geometry.maps(target, axis)
-        if dim != 2 + axis and not (dim is None and shape[2 + axis] == 1):  # size 1: nothing to lay out
-            raise _Unmapped(f"its output's dim {2 + axis} is not the image's {'yx'[axis]} axis")
-        reads = _walk(geometry, target, axis, np.eye(shape[2 + axis], dtype=bool), _read_back,
+        if dim == 0:
+            raise _Unmapped(f"the image's {'yx'[axis]} axis is in its batch dim")
+        n = shape[dim] if dim is not None else 1
+        units = np.eye(n, dtype=bool) if dim in (2, 3) else np.ones((1, n), dtype=bool)  # else: summed
+        reads = _walk(geometry, target, axis, units, _read_back,
                       np.logical_or)  # (units, input size): which input rows (columns) each unit reads
         first, last = reads.argmax(1), reads.shape[1] - 1 - reads[:, ::-1].argmax(1)
         spans.append(np.where(reads.any(1)[:, None], np.stack([first, last + 1], 1), 0))  # [0, 0) if none
-        ends = _walk(geometry, target, axis, np.array([[0, 0], [1, 1]]), _extent_back,
-                     lambda u, v: np.stack([np.minimum(u[:, 0], v[:, 0]), np.maximum(u[:, 1], v[:, 1])], 1))
-        free.append((int(ends[0, 1] - ends[0, 0] + 1), int(ends[1, 0] - ends[0, 0])))  # units 0, 1 unclipped
-    return ReceptiveField(layer, input_size, (shape[2], shape[3]), size=(free[0][0], free[1][0]),
-                          stride=(free[0][1], free[1][1]), rows=spans[0], cols=spans[1])
+        index.append(dim - 2 if dim in (2, 3) else None)
+        if dim in (2, 3):
+            ends = _walk(geometry, target, axis, np.array([[0, 0], [1, 1]]), _extent_back,
+                         lambda u, v: np.stack([np.minimum(u[:, 0], v[:, 0]), np.maximum(u[:, 1], v[:, 1])], 1))
+            free.append((int(ends[0, 1] - ends[0, 0] + 1), int(ends[1, 0] - ends[0, 0])))  # units 0, 1 unclipped
+        else:
+            free.append((int(spans[-1][0, 1] - spans[-1][0, 0]), 0))
+    size, stride, out = (free[0][0], free[1][0]), (free[0][1], free[1][1]), (shape[2], shape[3])
+    if index[0] != 1 and index[1] != 0:  # rows index y, columns x (or either is read whole)
+        rows, cols = (np.repeat(s, o, 0) if i is None else s for s, i, o in zip(spans, index, out))
+        return ReceptiveField(layer, input_size, out, size, stride, rows, cols)
+    boxes = np.zeros((*out, 4), int)
+    for i, j in np.ndindex(*out):
+        (y0, y1), (x0, x1) = (spans[k][0 if index[k] is None else (i, j)[index[k]]] for k in (0, 1))
+        boxes[i, j] = (x0, y0, x1, y1) if y0 < y1 and x0 < x1 else 0
+    return ReceptiveField(layer, input_size, out, size, stride, *_hulls(boxes), boxes=boxes)
+
+
+def _hulls(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's [y0, y1) and each column's [x0, x1): the hull of its units' boxes (H', W', 4)."""
+    return (np.stack([boxes[:, :, 1].min(1), boxes[:, :, 3].max(1)], 1),
+            np.stack([boxes[:, :, 0].min(0), boxes[:, :, 2].max(0)], 1))
 
 
 def _walk(geometry: _Geometry, target: fx.Node, axis: int, start, back, merge):
@@ -628,9 +648,8 @@ def gradient_fields(gm: fx.GraphModule, layers: dict[str, tuple[fx.Node, str]], 
     for layer, (node, why, diag, _) in plans.items():
         h, w = _shape(node)[2:]
         per_unit = every_boxes[node].reshape(h, w, 4) if node in every_boxes else None
-        if per_unit is not None:  # rows and columns: the hull of their units' boxes
-            rows = np.stack([per_unit[:, :, 1].min(1), per_unit[:, :, 3].max(1)], 1)
-            cols = np.stack([per_unit[:, :, 0].min(0), per_unit[:, :, 2].max(0)], 1)
+        if per_unit is not None:
+            rows, cols = _hulls(per_unit)
         else:
             rows, cols = _spans(boxes[node], diag, h, w)
         size = (int((rows[:, 1] - rows[:, 0]).max()), int((cols[:, 1] - cols[:, 0]).max()))
@@ -653,10 +672,9 @@ def _unit_boxes(runner: _Linearized, requests: dict[fx.Node, list[tuple[int, int
     """{node: (units, 4) boxes (x0, y0, x1, y1), half-open} of the input-gradient support of each requested
     unit (y, x) of each node (all channels summed); sample i of a batch serves unit i of every node."""
     count = max(len(units) for units in requests.values())
-    deepest = max(requests, key=lambda n: list(runner.module.graph.nodes).index(n))
-    per_sample = 8 * 3 * sum(int(np.prod(_shape(n))) for n in runner.module.graph.nodes
-                             if n.meta.get("tensor_meta") is not None and len(_shape(n)) > 0
-                             and list(runner.module.graph.nodes).index(n) <= list(runner.module.graph.nodes).index(deepest))
+    nodes = list(runner.module.graph.nodes)
+    upto = nodes[:max(nodes.index(n) for n in requests) + 1]
+    per_sample = 3 * 8 * sum(int(np.prod(_shape(n))) for n in upto)  # float64 values, saved, gradients
     chunk = int(max(1, min(count, budget // max(per_sample, 1))))
     out = {node: np.zeros((len(units), 4), int) for node, units in requests.items()}
     generator = torch.Generator().manual_seed(0)
@@ -807,8 +825,8 @@ class _Linearized(fx.Interpreter):
         kind = op.kind if op else None
         kw = bind_arguments(op, args, kwargs) if op else {}
         name = target if isinstance(target, str) else getattr(target, "__name__", "")
-        if kind in ELEMENTWISE_KINDS:
-            return args[0]
+        if kind in ELEMENTWISE_KINDS:  # (a copy keeps its layout: a `.view()` may follow `.contiguous()`)
+            return args[0].contiguous() if name in ("contiguous", "clone") else args[0]
         if kind == "arithmetic":
             return _positive_arithmetic(name.strip("_"), args, kwargs)
         if kind == "conv":
@@ -862,8 +880,8 @@ def _plus_group_mean(x: torch.Tensor, groups: int) -> torch.Tensor:
 
 def _sum_pool(x: torch.Tensor, windows: tuple[Window, Window], out_size) -> torch.Tensor:
     """Sums over exactly the windows of a pooling to `out_size` (ceil mode's last partial window included)."""
-    n = x.shape[-2:]
-    after = [(o - 1) * w.stride + (w.kernel - 1) * w.dilation + 1 - (m + w.pad) for o, m, w in zip(out_size, n, windows)]
+    after = [(o - 1) * w.stride + (w.kernel - 1) * w.dilation + 1 - (n + w.pad)  # to the last window's end
+             for o, n, w in zip(out_size, x.shape[-2:], windows)]
     x = F.pad(x, (windows[1].pad, after[1], windows[0].pad, after[0]))
     ones = torch.ones(x.shape[1], 1, windows[0].kernel, windows[1].kernel, dtype=x.dtype, device=x.device)
     return F.conv2d(x, ones, None, (windows[0].stride, windows[1].stride), 0,

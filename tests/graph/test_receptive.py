@@ -8,20 +8,20 @@ autograd on models the tests linearize themselves, and against boxes worked out 
 """
 
 import copy
-import time
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import torchvision
 
 from reportgen.demo import fashion_cnn
 from reportgen.errors import ModelError
 from reportgen.evidence import receptive_fields as evidence_receptive_fields
 from reportgen.graph import ReceptiveField, receptive_field, receptive_fields
-from tests.helpers.graph_models import (Branchy, CifarResNet, CumsumNet, OddNet, SmallCNN, Transposer, Upsampler,
-                                        randomize_batchnorm, torchvision_model)
+from tests.helpers.graph_models import (Branchy, ChannelsLast, CifarResNet, CumsumNet, OddNet, SmallCNN, Transposer,
+                                        Upsampler, randomize_batchnorm, torchvision_model)
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")  # OddNet's, on purpose
 
@@ -187,15 +187,21 @@ def test_receptive_fields_use_the_input_size_as_height_and_width():
 
 
 FALLBACK_CASES = [  # model factory, input (C, H, W), layers: analytic and gradient fields must agree
-    (lambda: torchvision_model("vgg11"), (3, 32, 32), ["features.2", "features.7", "features.15", "features.20"]),
+    (lambda: torchvision_model("vgg16"), (3, 32, 32), ["features.2", "features.9", "features.23", "features.30"]),
     (lambda: torchvision_model("resnet18"), (3, 40, 40), ["maxpool", "layer1.1", "layer2.0.bn1", "layer3", "layer4"]),
     (lambda: CifarResNet().eval(), (3, 24, 16), ["layer1.0", "layer2", "layer3.1"]),
     (lambda: OddNet(pool="max").eval(), (1, 29, 27), ["a", "b", "e", "c", "d", "gate"]),
     (lambda: Upsampler().eval(), (1, 15, 13), ["1", "2"]),
+    (lambda: ChannelsLast().eval(), (1, 7, 6), ["conv", "norm", "fc", "out"]),
+    (lambda: torchvision_model("shufflenet_v2_x0_5"), (3, 40, 40), ["stage2.0", "stage2", "stage3.0.branch1"]),
+    (lambda: torchvision_model("efficientnet_b0"), (3, 32, 32), ["features.2", "features.3.1"]),
+    (lambda: torchvision_model("convnext_tiny"), (3, 32, 32), ["features.1.0", "features.1.1.block.5", "features.2"]),
 ]
 
 
-@pytest.mark.parametrize("factory, size, layers", FALLBACK_CASES, ids=["vgg11", "resnet18", "cifar", "odd", "upsample"])
+@pytest.mark.parametrize("factory, size, layers", FALLBACK_CASES,
+                         ids=["vgg16", "resnet18", "cifar", "odd", "upsample", "channels_last", "shufflenet",
+                              "efficientnet", "convnext"])
 def test_analytic_fields_equal_the_gradient_fallback(factory, size, layers):
     model = factory()
     analytic = receptive_fields(model, layers, size[1:])
@@ -223,3 +229,62 @@ def test_fallback_computes_every_unit_when_boxes_are_not_separable():
                               mix=False).values()
     assert [field.box(*u) for u in units] == boxes
     assert field.box(1, 7) == (0, 0, 9, 9) and field.box(4, 4) == (2, 2, 7, 7)
+
+
+ZOO = [  # torchvision model, keyword arguments, input size, inner layers, how their fields come
+    ("resnet18", {}, 64, ["layer2.0"], "analytic"),
+    ("resnet50", {}, 64, ["layer3.1"], "analytic"),
+    ("densenet121", {}, 64, ["features.denseblock2"], "analytic"),
+    ("mobilenet_v2", {}, 64, ["features.4"], "analytic"),
+    ("mobilenet_v3_small", {}, 64, ["features.3"], "analytic"),
+    ("efficientnet_b0", {}, 64, ["features.3"], "analytic"),   # stochastic depth, squeeze-excitation
+    ("googlenet", {"aux_logits": False, "init_weights": False}, 64, ["inception3b"], "analytic"),
+    ("inception_v3", {"aux_logits": False, "init_weights": False}, 80, ["Mixed_5b"], "analytic"),
+    ("shufflenet_v2_x0_5", {}, 64, ["stage2", "stage2.1.branch2"], "analytic gradient"),  # chunk of a shuffle
+    ("squeezenet1_0", {}, 64, ["features.4"], "analytic"),
+    ("regnet_x_400mf", {}, 64, ["trunk_output.block2"], "analytic"),
+    ("convnext_tiny", {}, 64, ["features.1.0", "features.1.0.block.3"], "analytic analytic"),  # channels-last LN
+    ("mnasnet0_5", {}, 64, ["layers.9"], "analytic"),
+]
+
+
+@pytest.mark.parametrize("name, kwargs, size, layers, methods", ZOO, ids=[case[0] for case in ZOO])
+def test_torchvision_models_get_a_field_for_every_layer(name, kwargs, size, layers, methods):
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(weights=None, **kwargs).eval()
+    fields = receptive_fields(model, layers, (size, size))
+    assert [fields[layer].method for layer in layers] == methods.split()
+    units = {layer: units_of(fields[layer].output_size) for layer in layers}
+    for layer, grad_boxes in gradient_boxes(model, units, torch.randn(1, 3, size, size)).items():
+        for unit, grad_box in zip(units[layer], grad_boxes):
+            box = fields[layer].box(*unit)
+            assert grad_box != (0, 0, 0, 0) and box[:2] <= grad_box[:2] and grad_box[2:] <= box[2:], (layer, unit)
+
+
+def layer_info(path, shape):
+    return SimpleNamespace(path=path, name=path, output_shape=shape)
+
+
+def test_evidence_gives_every_spatial_layer_a_field_before_the_pass():
+    logs = []
+    ctx = SimpleNamespace(model=SimpleNamespace(module=CifarResNet().eval(), input_size=32, channels=3),
+                          layers=[layer_info("layer2", (32, 16, 16)), layer_info("layer3", (64, 8, 8)),
+                                  layer_info("linear", (10,))], log=logs.append)
+    fields = evidence_receptive_fields(ctx)
+    assert sorted(fields) == ["layer2", "layer3"] and logs == []
+    assert all(isinstance(f, ReceptiveField) and f.method == "analytic" for f in fields.values())
+    assert fields["layer2"].box(0, 0) == (0, 0, 19, 19) and fields["layer3"].box(7, 0) == (0, 0, 32, 32)
+
+    ctx.model = SimpleNamespace(module=CumsumNet(), input_size=(11, 9), channels=1)  # (H, W)
+    ctx.layers = [layer_info("b", (2, 11, 9))]
+    assert evidence_receptive_fields(ctx)["b"].box(5, 2) == (0, 3, 5, 8)
+    assert logs == ["receptive fields of b from the input gradient of a linearized copy (exact): cannot map cumsum "
+                    "back to its input (an op without known geometry)"]
+
+    logs.clear()
+    ctx.model = SimpleNamespace(module=Branchy(), input_size=16, channels=1)
+    ctx.layers = [layer_info("conv", (1, 14, 14))]
+    field = evidence_receptive_fields(ctx)["conv"]
+    assert (field.method, field.box(3, 4), field.output_size) == ("whole image", (0, 0, 16, 16), (14, 14))
+    assert logs[0].startswith("warning: receptive field of conv: cannot trace Branchy with torch.fx (TraceError: ")
+    assert logs[0].endswith("; its patches are the whole image")

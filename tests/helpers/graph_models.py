@@ -203,3 +203,18 @@ class CumsumNet(nn.Module):
 
     def forward(self, x):
         return self.b(torch.cumsum(self.a(x), dim=3))
+
+
+class ChannelsLast(nn.Module):
+    """ConvNeXt's pattern: a conv, then LayerNorm and Linear on (B, H, W, C) between permutes. Layer `norm`
+    is channels-last: read as (C, H, W) its units (y, x) are (image x, channel)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.norm, self.fc = nn.LayerNorm(4), nn.Linear(4, 4)
+        self.out = nn.Conv2d(4, 2, 3, stride=2)
+
+    def forward(self, x):
+        x = self.fc(self.norm(self.conv(x).permute(0, 2, 3, 1)))
+        return self.out(x.permute(0, 3, 1, 2))
