@@ -133,6 +133,7 @@ def _sprite_bytes(ctx, idx) -> bytes:
 
 
 class LayerExplorer(Analysis):
+    """The explorer of each spec layer whose `embedding` asks for one (t-SNE, PCA or both)."""
     name = "explorer"
     spec_key = "embedding"
     version = 2

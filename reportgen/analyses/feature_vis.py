@@ -70,6 +70,7 @@ class FilterVis(BaseModel):
 
 
 class FeatureVis(Analysis):
+    """Each spec filter's synthesized image(s), per layer (units batched across the layer's filters)."""
     name = "feature_vis"
     spec_key = "feature_vis"
     version = 2
