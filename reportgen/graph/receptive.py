@@ -113,7 +113,7 @@ def receptive_fields(model: nn.Module, layers: list[str], input_size: tuple[int,
     if unmapped:
         try:
             fields |= gradient_fields(gm, unmapped, input_size, in_channels)
-        except Exception as error:  # the model's own ops failing on the linearized run, in float64
+        except Exception as error:  # the model's own ops failing on the linearized run
             raise ModelError(f"receptive fields of {', '.join(map(repr, unmapped))}: the input-gradient fallback "
                              f"failed ({type(error).__name__}: {error})") from error
     return {layer: fields[layer] for layer in layers}
@@ -618,7 +618,9 @@ def gradient_fields(gm: fx.GraphModule, layers: dict[str, tuple[fx.Node, str]], 
     which every op with per-axis geometry keeps; so the units (i, i) along the diagonal give every row's
     and column's span (max(H', W') units) and five more units (corners, centre, random) check that this
     reproduces their boxes; where a check fails, or a diagonal unit reads nothing, every unit is computed.
-    Units are batched: one forward and one backward per layer for as many as fit in `budget` bytes.
+    Units are batched: one forward and one backward per layer for as many as fit in `budget` bytes. The run
+    is in float32 (twice as fast as float64 on a CPU), where values can only grow past float32's range, never
+    shrink out of it (see `_Linearized`); a layer whose run overflows is run again in float64.
     """
     requests, plans, fields = {}, {}, {}
     for layer, (node, why) in layers.items():
@@ -633,8 +635,8 @@ def gradient_fields(gm: fx.GraphModule, layers: dict[str, tuple[fx.Node, str]], 
         checks = [(0, w - 1), (h - 1, 0), (h // 2, w // 2)] + [(int(rng.integers(h)), int(rng.integers(w)))
                                                                for _ in range(2)]
         requests[node], plans[layer] = diag + checks, (node, why, diag, checks)
-    runner = _Linearized(gm)
-    boxes = _unit_boxes(runner, requests, (in_channels, *input_size), budget)
+    image = (in_channels, *input_size)
+    boxes = _unit_boxes(gm, requests, image, budget)
     every = {}
     for layer, (node, why, diag, checks) in plans.items():
         h, w = _shape(node)[2:]
@@ -644,7 +646,7 @@ def gradient_fields(gm: fx.GraphModule, layers: dict[str, tuple[fx.Node, str]], 
             tuple(b) == (cols[x][0], rows[y][0], cols[x][1], rows[y][1]) for (y, x), b in zip(checks, found))
         if not separable:
             every[node] = [(y, x) for y in range(h) for x in range(w)]
-    every_boxes = _unit_boxes(runner, every, (in_channels, *input_size), budget) if every else {}
+    every_boxes = _unit_boxes(gm, every, image, budget) if every else {}
     for layer, (node, why, diag, _) in plans.items():
         h, w = _shape(node)[2:]
         per_unit = every_boxes[node].reshape(h, w, 4) if node in every_boxes else None
@@ -667,20 +669,37 @@ def _spans(boxes: np.ndarray, diag: list[tuple[int, int]], h: int, w: int) -> tu
     return rows, cols
 
 
-def _unit_boxes(runner: _Linearized, requests: dict[fx.Node, list[tuple[int, int]]], image: tuple[int, int, int],
+def _unit_boxes(gm: fx.GraphModule, requests: dict[fx.Node, list[tuple[int, int]]], image: tuple[int, int, int],
                 budget: int) -> dict[fx.Node, np.ndarray]:
     """{node: (units, 4) boxes (x0, y0, x1, y1), half-open} of the input-gradient support of each requested
-    unit (y, x) of each node (all channels summed); sample i of a batch serves unit i of every node."""
+    unit (y, x) of each node (all channels summed), in float32, and in float64 where float32 overflowed."""
+    boxes, overflowed = _unit_boxes_in(_Linearized(gm, torch.float32), requests, image, budget)
+    if overflowed:
+        again, still = _unit_boxes_in(_Linearized(gm, torch.float64), {n: requests[n] for n in overflowed}, image,
+                                      budget)
+        if still:
+            raise ModelError(f"the linearized copy of the model overflows float64 at {describe(gm, still[0])}")
+        boxes |= again
+    return boxes
+
+
+def _unit_boxes_in(runner: _Linearized, requests: dict[fx.Node, list[tuple[int, int]]], image: tuple[int, int, int],
+                   budget: int) -> tuple[dict[fx.Node, np.ndarray], list[fx.Node]]:
+    """The boxes of `_unit_boxes` in the runner's dtype, and the nodes whose gradient did not stay finite.
+    Sample i of a batch serves unit i of every node."""
     count = max(len(units) for units in requests.values())
     nodes = list(runner.module.graph.nodes)
     upto = nodes[:max(nodes.index(n) for n in requests) + 1]
-    per_sample = 3 * 8 * sum(int(np.prod(_shape(n))) for n in upto)  # float64 values, saved, gradients
+    per_sample = 3 * runner.dtype.itemsize * sum(int(np.prod(_shape(n))) for n in upto)  # values, saved, grads
     chunk = int(max(1, min(count, budget // max(per_sample, 1))))
-    out = {node: np.zeros((len(units), 4), int) for node, units in requests.items()}
+    out, overflowed = {node: np.zeros((len(units), 4), int) for node, units in requests.items()}, []
     generator = torch.Generator().manual_seed(0)
     for start in range(0, count, chunk):
-        wanted = {node: units[start:start + chunk] for node, units in requests.items() if start < len(units)}
-        x = 0.5 + torch.rand((min(chunk, count - start), *image), generator=generator, dtype=torch.float64)
+        wanted = {node: units[start:start + chunk] for node, units in requests.items()
+                  if start < len(units) and node not in overflowed}
+        if not wanted:
+            continue
+        x = 0.5 + torch.rand((min(chunk, count - start), *image), generator=generator, dtype=runner.dtype)
         x = x.to(runner.device).requires_grad_()
         outputs = runner.run_to(x, set(wanted))
         for node, units in wanted.items():
@@ -689,9 +708,12 @@ def _unit_boxes(runner: _Linearized, requests: dict[fx.Node, list[tuple[int, int
             if not picked.requires_grad:  # does not depend on the input
                 continue
             (grad,) = torch.autograd.grad(picked.sum(), x, retain_graph=True)
+            if not (torch.isfinite(picked).all() and torch.isfinite(grad).all()):
+                overflowed.append(node)
+                continue
             support = (grad[:len(units)] != 0).any(1).cpu().numpy()  # (units, H, W)
             out[node][start:start + len(units)] = [_support_box(s) for s in support]
-    return out
+    return out, overflowed
 
 
 def _support_box(support: np.ndarray) -> tuple[int, int, int, int]:
@@ -705,16 +727,18 @@ class _Reached(Exception):
 
 class _Linearized(fx.Interpreter):
     """Runs the traced model with each op replaced by one with the same dependency pattern whose partial
-    derivatives are all positive, on positive inputs, in float64 (inputs drawn from [0.5, 1.5)).
+    derivatives are all positive, on positive inputs drawn from [0.5, 1.5), in `dtype`.
 
     Why the gradient's support is then exactly the set of input pixels a unit depends on: by the chain rule
     the gradient is a sum over paths of products of local derivatives; when every local derivative along
     every dependency is positive, no product is zero and no sum cancels, so a pixel has a nonzero gradient
     iff a path of dependencies joins it to the unit. The replacements (the op table says which op is which):
     - activations, BatchNorm, dropout, identities, negation -> the identity (same dependency, derivative 1);
-    - convolutions and Linear -> the same geometry with random weights in [0.5, 1.5) / fan-in (dense, as
-      the analytic path assumes; averaging keeps values near 1 so that deep products stay far from
-      float64's range);
+    - convolutions and Linear -> the same geometry with random weights in [0.5, 1.5) / input channels per
+      group (dense, as the analytic path assumes): summed over channels, each spatial tap weighs about 1, so
+      values and gradients only grow along a path (by about k*k per conv) except through averaging, which
+      loses at most its window's size: a run can overflow, which shows as inf (and is run again in float64),
+      but a gradient does not underflow to a silent zero;
     - max pooling (which passes gradient to one pixel of its window) -> sum pooling over the same windows,
       adaptive max -> adaptive average;
     - LayerNorm, GroupNorm, InstanceNorm, softmax, LRN -> x + mean(x over the dims they normalize), amax/amin
@@ -730,8 +754,9 @@ class _Linearized(fx.Interpreter):
     subset of its dependencies.
     """
 
-    def __init__(self, gm: fx.GraphModule):
+    def __init__(self, gm: fx.GraphModule, dtype: torch.dtype = torch.float32):
         super().__init__(gm)
+        self.dtype = dtype
         param = next(gm.parameters(), None)
         self.device = param.device if param is not None else torch.device("cpu")
         self.generator = torch.Generator().manual_seed(0)
@@ -742,7 +767,7 @@ class _Linearized(fx.Interpreter):
         """The outputs of `targets` for input `x`, stopping the forward once they are computed."""
         self.found, self.targets = {}, targets
         dtype = torch.get_default_dtype()
-        torch.set_default_dtype(torch.float64)  # tensors the forward makes (torch.zeros) match the input
+        torch.set_default_dtype(self.dtype)  # tensors the forward makes (torch.zeros) match the input
         try:
             self.run(x)
         except _Reached:
@@ -765,16 +790,16 @@ class _Linearized(fx.Interpreter):
         if not (isinstance(t, torch.Tensor) and t.is_floating_point()):
             return t
         if key not in self.stand_ins:
-            r = 0.5 + torch.rand(t.shape, generator=self.generator, dtype=torch.float64).to(t.device)
-            self.stand_ins[key] = torch.where(t != 0, r, torch.zeros((), dtype=torch.float64, device=t.device))
+            r = 0.5 + torch.rand(t.shape, generator=self.generator, dtype=self.dtype).to(t.device)
+            self.stand_ins[key] = torch.where(t != 0, r, torch.zeros((), dtype=self.dtype, device=t.device))
         return self.stand_ins[key]
 
     def _dense(self, shape) -> torch.Tensor:
-        """Random weights in [0.5, 1.5) / fan-in of `shape` (out, in, ...), one draw per node."""
+        """Random weights in [0.5, 1.5) / shape[1] of `shape` (out, in per group, ...), one draw per node."""
         key = (self.node.name, "weight")
         if key not in self.stand_ins:
-            w = 0.5 + torch.rand(tuple(shape), generator=self.generator, dtype=torch.float64)
-            self.stand_ins[key] = (w / int(np.prod(shape[1:]))).to(self.device)
+            w = 0.5 + torch.rand(tuple(shape), generator=self.generator, dtype=self.dtype)
+            self.stand_ins[key] = (w / shape[1]).to(self.device)
         return self.stand_ins[key]
 
     def get_attr(self, target, args, kwargs):

@@ -196,12 +196,14 @@ FALLBACK_CASES = [  # model factory, input (C, H, W), layers: analytic and gradi
     (lambda: torchvision_model("shufflenet_v2_x0_5"), (3, 40, 40), ["stage2.0", "stage2", "stage3.0.branch1"]),
     (lambda: torchvision_model("efficientnet_b0"), (3, 32, 32), ["features.2", "features.3.1"]),
     (lambda: torchvision_model("convnext_tiny"), (3, 32, 32), ["features.1.0", "features.1.1.block.5", "features.2"]),
+    # 48 3x3 convs: the fallback's float32 run overflows (about 9 ** 48) and is done again in float64
+    (lambda: nn.Sequential(*[nn.Conv2d(1, 1, 3, padding=1) for _ in range(48)]).eval(), (1, 40, 40), ["10", "47"]),
 ]
 
 
 @pytest.mark.parametrize("factory, size, layers", FALLBACK_CASES,
                          ids=["vgg16", "resnet18", "cifar", "odd", "upsample", "channels_last", "shufflenet",
-                              "efficientnet", "convnext"])
+                              "efficientnet", "convnext", "deep"])
 def test_analytic_fields_equal_the_gradient_fallback(factory, size, layers):
     model = factory()
     analytic = receptive_fields(model, layers, size[1:])
