@@ -257,8 +257,7 @@ def _cached(ctx: Context, a: Analysis, layer: Layer | None) -> Artifact:
         return hit
     label = f"{a.name}:{layer.name}" if layer else a.name
     t0 = time.perf_counter()
-    artifact = a.compute(ctx, layer)
-    ctx.cache.save(a.name, key, artifact)
+    artifact = ctx.cache.save(a.name, key, a.compute(ctx, layer))   # as stored: cold and warm builds agree
     ctx.computed.append(label)
     ctx.log(f"{label}: computed in {time.perf_counter() - t0:.1f} s")
     return artifact

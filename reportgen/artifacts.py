@@ -50,6 +50,23 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def _serialize(arrays: dict) -> bytes:
+    arrays = dict(arrays)
+    if "meta" in arrays:
+        arrays["meta"] = np.array(json.dumps(arrays["meta"], sort_keys=True))
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def _deserialize(data: bytes) -> dict:
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        out = {k: z[k] for k in z.files}
+    if "meta" in out:
+        out["meta"] = json.loads(str(out["meta"]))
+    return out
+
+
 class Cache:
     def __init__(self, root: Path, enabled: bool = True, writable: bool = True):
         # writable=False: read entries but never write (the non-zero ranks of a distributed build)
@@ -70,38 +87,27 @@ class Cache:
             data = data_path.read_bytes()
             if hashlib.sha256(data).hexdigest() != sum_path.read_text().strip():
                 raise ValueError("sha256 mismatch")
-            with np.load(io.BytesIO(data), allow_pickle=False) as z:
-                out = {k: z[k] for k in z.files}
+            return _deserialize(data)
         except (OSError, ValueError, KeyError) as exc:
             warnings.warn(f"cache entry {kind}/{key} is corrupt ({exc}); recomputing", stacklevel=2)
             data_path.unlink(missing_ok=True)
             sum_path.unlink(missing_ok=True)
             return None
-        if "meta" in out:
-            out["meta"] = json.loads(str(out["meta"]))
-        return out
 
-    def save(self, kind: str, key: str, arrays: dict) -> None:
-        if not (self.enabled and self.writable):
-            return
-        arrays = dict(arrays)
-        if "meta" in arrays:
-            arrays["meta"] = np.array(json.dumps(arrays["meta"], sort_keys=True))
-        buf = io.BytesIO()
-        np.savez(buf, **arrays)
-        data = buf.getvalue()
-        data_path, sum_path = self._paths(kind, key)
-        # data first, checksum last: a kill in between leaves a mismatch, read as corrupt, recomputed
-        atomic_write_bytes(data_path, data)
-        atomic_write_bytes(sum_path, hashlib.sha256(data).hexdigest().encode())
+    def save(self, kind: str, key: str, arrays: dict) -> dict:
+        """Store the entry (when enabled and writable); return it as `load` would give it back, so a result
+        is used in the same form whether it was just computed or read from the cache (e.g. `meta`'s key order)."""
+        data = _serialize(arrays)
+        if self.enabled and self.writable:
+            data_path, sum_path = self._paths(kind, key)
+            # data first, checksum last: a kill in between leaves a mismatch, read as corrupt, recomputed
+            atomic_write_bytes(data_path, data)
+            atomic_write_bytes(sum_path, hashlib.sha256(data).hexdigest().encode())
+        return _deserialize(data)
 
     def get_or_compute(self, kind: str, key: str, compute) -> dict:
         hit = self.load(kind, key)
-        if hit is not None:
-            return hit
-        result = compute()
-        self.save(kind, key, result)
-        return result
+        return hit if hit is not None else self.save(kind, key, compute())
 
     def clear(self) -> bool:
         if self.root.is_dir():

@@ -43,11 +43,9 @@ def gather_evidence(ctx) -> None:
         ev = parts[0]
         for part in parts[1:]:
             ev.merge(part)
-        for path in missing:
-            hits[path] = layer_to_arrays(ev.layers[path])
-            ctx.cache.save("record", keys[path], hits[path])
-        hits[PENULTIMATE] = _predictions_to_arrays(ev)
-        ctx.cache.save("record", keys[PENULTIMATE], hits[PENULTIMATE])
+        for path in missing:   # as stored: a cold build reads what a warm one would
+            hits[path] = ctx.cache.save("record", keys[path], layer_to_arrays(ev.layers[path]))
+        hits[PENULTIMATE] = ctx.cache.save("record", keys[PENULTIMATE], _predictions_to_arrays(ev))
         ctx.computed.append("record")
     ctx.evidence = _evidence(ctx, hits)
 

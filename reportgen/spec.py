@@ -74,10 +74,11 @@ class LayerSpec(_Section):
     filters: FilterSel | None = Field(None, description="default: the first 16 filters (all if fewer)")
     embedding: Literal["tsne", "pca", "both", "none"] | None = None
 
-    @field_validator("filters")
+    @field_validator("filters", mode="before")
     @classmethod
     def _filters_syntax(cls, v):
-        if v is not None:
+        # before pydantic's coercion, which would read YAML's `filters: yes` as filter 1
+        if isinstance(v, (list, str, int)):
             parse_filter_selection(v)  # raises ValueError with the fix
         return v
 
@@ -86,6 +87,17 @@ class RecordSpec(_Section):
     top_k: int = Field(9, ge=1, le=100)
     negatives: bool = False
     pooled_limit: int = Field(5000, ge=0, le=200_000, description="images whose pooled features are kept")
+
+    # accepted and ignored by 0.1 (the bins were always fixed): refused with the reason, not as "unknown key"
+    histogram_bins: object = Field(None, exclude=True, description="removed")
+
+    @field_validator("histogram_bins")
+    @classmethod
+    def _removed(cls, v):
+        if v is not None:
+            raise ValueError("removed: it never changed the histograms, whose bins are fixed (16 per decade); "
+                             "delete this line")
+        return v
 
 
 class FeatureVisSpec(_Section):
@@ -171,8 +183,8 @@ def key_path(loc: tuple) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("function-after", "function-before") or str(part).startswith(("list[", "int", "str")):
-            continue  # pydantic's union/validator branch names are not spec keys
+        elif not re.fullmatch(r"[A-Za-z_]\w*", str(part)) or str(part) in ("int", "str", "bool", "float"):
+            continue  # pydantic's union/validator branch labels (`list[int]`, `lax-or-strict[…]`) are not spec keys
         else:
             out += f".{part}" if out else str(part)
     return out or "(top level)"

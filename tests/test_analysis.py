@@ -208,3 +208,19 @@ def test_strict_turns_notes_into_one_error_before_the_pass(tmp_path):
                                              "guided_backprop": "guided backprop needs a spatial layer"}
     page = (tmp_path / "site" / report["layers"][1]["filters"][0]["page"]).read_text()
     assert "Guided backprop</strong> is not shown for this layer: guided backprop needs a spatial layer." in page
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_cold_build_and_a_warm_rebuild_write_the_same_bytes(tmp_path):
+    """A fresh result is used as the cache gives it back (e.g. `meta`'s key order), so the cache never shows."""
+    spec = _spec(tmp_path)
+    cold = _tree(build(spec, progress=False, log=lambda *_: None, use_cache=False))
+    build(spec, progress=False, log=lambda *_: None)                          # fills the cache
+    lines = []
+    warm = _tree(build(spec, progress=False, log=lines.append))               # reads it
+    assert lines[-1].endswith("computed: nothing (all cached)")
+    assert warm.keys() == cold.keys()
+    assert [k for k in cold if cold[k] != warm[k]] == []

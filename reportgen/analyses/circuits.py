@@ -72,7 +72,7 @@ class Circuit(BaseModel):
 class Circuits(Analysis):
     name = "circuits"
     spec_key = "circuit"
-    version = 3
+    version = 4
     per_layer = True
     uses = ("feature_vis",)      # links each input channel to its synthesized image when that ran
     templates = {"filter": "analyses/circuits.html"}
@@ -114,7 +114,8 @@ class Circuits(Analysis):
             channels = []
             for s in stats:
                 rec = {k: (rounded(v) if isinstance(v, float) else v) for k, v in s.as_record().items()}
-                rec["kernel"] = [[rounded(v) for v in row] for row in s.kernel.tolist()]
+                # 9 digits keep float32 weights exact: pages round them once, for the cell (never twice)
+                rec["kernel"] = [[rounded(v, 9) for v in row] for row in s.kernel.tolist()]
                 rec["sources"] = _sources(model, source, s.channel)
                 channels.append(rec)
             _ids, tiles = kx.kernel_tiles(weight, f, conv.groups)

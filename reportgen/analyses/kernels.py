@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.stats
 import torch
 import torch.nn as nn
 
@@ -111,6 +110,8 @@ def spearman(a, b) -> float:
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return float("nan")
+    import scipy.stats   # here, not at import: 0.5 s a rebuild that computes nothing does not need
+
     return float(scipy.stats.spearmanr(a, b).statistic)
 
 

@@ -10,7 +10,6 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from scipy.stats import spearmanr
 from torch import nn
 
 from ...errors import ModelError
@@ -41,6 +40,8 @@ def randomized_similarity(method_fn: Method, model: nn.Module, x: torch.Tensor, 
     of a map is not comparable between two models. Returns float64 (B,) in [-1, 1]: near 1 means
     the method ignores the weights; NaN where either map is constant (a rank correlation is undefined).
     """
+    from scipy.stats import spearmanr   # here, not at import: a rebuild that computes nothing does not need it
+
     trained = np.abs(method_fn(model, x, target))
     randomized = np.abs(method_fn(randomized_copy(model, seed), x, target))
     out = np.empty(len(trained))
