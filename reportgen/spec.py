@@ -124,7 +124,16 @@ class EmbeddingSpec(_Section):
 
 class AttributionSpec(_Section):
     enabled: bool = True
-    images: int | list[int] = 8
+    images: int | list[int] = Field(8, description="how many sample images, or a list of dataset indices")
+
+    @field_validator("images")
+    @classmethod
+    def _images(cls, v):
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"{v} images: give at least 1, or a list of dataset indices")
+        if isinstance(v, list) and (not v or any(i < 0 for i in v)):
+            raise ValueError("give a non-empty list of dataset indices (0 or more)")
+        return v
     methods: list[Literal["occlusion", "saliency", "gradcam", "guided_backprop", "guided_gradcam"]] = Field(
         default_factory=lambda: ["occlusion", "saliency", "gradcam", "guided_backprop", "guided_gradcam"])
     target: Literal["predicted", "true", "both"] = "predicted"

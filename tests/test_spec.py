@@ -44,6 +44,10 @@ def write(tmp_path, text):
     (BASE + "record:\n  top_k: 0\n", "record.top_k", "greater than or equal to 1"),
     (BASE.replace("layers:\n  - name: block1_conv1\n", "layers: []\n"), "layers", "at least 1 item"),
     (BASE + "attribution:\n  methods: [lime]\n", "attribution.methods[0]", "'occlusion'"),
+    (BASE + "attribution:\n  images: -1\n", "attribution.images", "-1 images: give at least 1"),
+    (BASE + "attribution:\n  images: [3, -2]\n", "attribution.images", "non-empty list of dataset indices"),
+    (BASE + "record:\n  histogram_bins: 40\n", "record.histogram_bins", "removed: it never changed the histograms"),
+    (BASE + "  - name: x\n    filters: yes\n", "layers[1].filters", "give filter indices"),
 ])
 def test_spec_errors_name_the_key(tmp_path, text, key, fragment):
     with pytest.raises(SpecError) as info:
