@@ -1,6 +1,6 @@
 """Datasets: ImageFolder, Fashion-MNIST/MNIST (IDX), CIFAR-10; deterministic subsets.
 
-Every dataset yields uint8 images (C, S, S) at the model's input size and channel count,
+Every dataset yields uint8 images (C, H, W) at the model's input size and channel count,
 so pages show exactly what the model saw; normalization happens on the device
 (`LoadedModel.normalize`). `dataset_index` is an image's index in the full dataset in its
 loader's order, before any `limit` subset. An ImageFolder image is named by its path relative to the
@@ -21,14 +21,24 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 
 from .errors import DataError, SpecError
 from .idx import FASHION_MNIST_CLASSES, MNIST_CLASSES, find_idx_file, load_idx_split
+from .models import as_hw
 from .spec import DatasetSpec
 
 Image.MAX_IMAGE_PIXELS = 64_000_000  # decompression-bomb guard: larger images are refused, not decoded
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
-def to_model_image(img: Image.Image, resize: int, crop: int, channels: int) -> np.ndarray:
-    """Any PIL image → uint8 (channels, crop, crop): mode converted, shorter side resized, centre-cropped."""
+def to_model_image(img: Image.Image, resize: int | tuple[int, int], crop: int | tuple[int, int],
+                   channels: int) -> np.ndarray:
+    """Any PIL image → uint8 (channels, H, W), `crop` = (H, W) (an int: a square): mode converted, scaled
+    (aspect kept, bilinear) to the smallest size that covers `resize` (H', W'), then centre-cropped.
+
+    Covering (H', W') means the scale max(H'/h, W'/w), each side rounded: for a square `resize` that is
+    torchvision's `Resize(resize)` of the shorter side, and an image of the model's own aspect ratio is used
+    whole. The crop starts at floor((h - H) / 2), floor((w - W) / 2) (torchvision's `CenterCrop` rounds half
+    to even instead: one pixel apart where the margin is odd).
+    """
+    (rh, rw), (ch, cw) = as_hw(resize), as_hw(crop)
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.float64)
         top = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
@@ -38,12 +48,13 @@ def to_model_image(img: Image.Image, resize: int, crop: int, channels: int) -> n
         img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
     img = img.convert("L" if channels == 1 else "RGB")
     w, h = img.size
-    if min(w, h) != resize:
-        scale = resize / min(w, h)
-        img = img.resize((max(crop, round(w * scale)), max(crop, round(h * scale))), Image.BILINEAR)
+    scale = max(rh / h, rw / w)
+    size = (max(cw, round(w * scale)), max(ch, round(h * scale)))   # PIL's (w, h), never short of the crop
+    if size != (w, h):
+        img = img.resize(size, Image.BILINEAR)
     w, h = img.size
-    left, top = (w - crop) // 2, (h - crop) // 2
-    img = img.crop((left, top, left + crop, top + crop))
+    left, top = (w - cw) // 2, (h - ch) // 2
+    img = img.crop((left, top, left + cw, top + ch))
     arr = np.asarray(img, dtype=np.uint8)
     return arr[None].copy() if channels == 1 else arr.transpose(2, 0, 1).copy()  # writable, for torch
 
@@ -57,7 +68,7 @@ class Dataset:
     labels: np.ndarray       # (size,) int64
     fingerprint: str
     names: list[str]         # a short name per image ('cat/img0.png' relative to the root, or 'test[123]')
-    _reader: object          # callable(index) -> uint8 (C, S, S), raises DataError
+    _reader: object          # callable(index) -> uint8 (C, H, W), raises DataError
 
     def image(self, index: int) -> np.ndarray:
         return self._reader(index)
@@ -66,13 +77,13 @@ class Dataset:
 class _ArrayReader:
     """Images held in memory as (N, H, W[, 3]) uint8 (IDX, CIFAR)."""
 
-    def __init__(self, images: np.ndarray, resize: int, crop: int, channels: int):
+    def __init__(self, images: np.ndarray, resize: tuple[int, int], crop: tuple[int, int], channels: int):
         self.images, self.resize, self.crop, self.channels = images, resize, crop, channels
 
     def __call__(self, index: int) -> np.ndarray:
         arr = self.images[index]
         native_gray = arr.ndim == 2
-        if arr.shape[0] == self.crop and arr.shape[1] == self.crop and self.resize == self.crop:
+        if arr.shape[:2] == self.crop and self.resize == self.crop:
             if native_gray and self.channels == 1:
                 return arr[None].copy()
             if not native_gray and self.channels == 3:
@@ -84,7 +95,7 @@ class _FileReader:
     """Image files `root / name`. An unreadable one raises DataError naming it by `name` alone: the message can
     reach a report (skipped images, a failed analysis's note), which names no path of the building machine."""
 
-    def __init__(self, root: Path, names: list[str], resize: int, crop: int, channels: int):
+    def __init__(self, root: Path, names: list[str], resize: tuple[int, int], crop: tuple[int, int], channels: int):
         self.root, self.names, self.resize, self.crop, self.channels = root, names, resize, crop, channels
 
     def __call__(self, index: int) -> np.ndarray:
@@ -109,9 +120,12 @@ def _file_digest(paths: list[Path]) -> str:
     return h.hexdigest()
 
 
-def load_dataset(spec: DatasetSpec, input_size: int, resize: int, channels: int) -> Dataset:
-    """Open the spec's dataset. Raises SpecError (bad root) or DataError (bad contents)."""
+def load_dataset(spec: DatasetSpec, input_size: int | tuple[int, int], resize: int | tuple[int, int],
+                 channels: int) -> Dataset:
+    """Open the spec's dataset, its images read at `input_size` (H, W; an int: a square) after scaling them to
+    cover `resize` (see `to_model_image`). Raises SpecError (bad root) or DataError (bad contents)."""
     root = spec.root
+    input_size, resize = as_hw(input_size), as_hw(resize)
     if not root.is_dir():
         raise SpecError("dataset.root", f"no directory {str(root)!r}")
     if spec.format in ("fashion-mnist", "mnist"):

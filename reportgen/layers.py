@@ -16,6 +16,7 @@ from .errors import ModelError, SpecError
 from .graph import find_conv
 from .graph.ops import module_op
 from .hooks import removing
+from .models import as_hw
 from .spec import LayerSpec, parse_filter_selection
 
 
@@ -80,8 +81,9 @@ def _conv_sequential(model: nn.Module) -> tuple[str, nn.Sequential | None]:
     return (best[0], best[1]) if best[2] >= 2 else ("", None)
 
 
-def list_layers(model: nn.Module, input_size: int, channels: int) -> list[LayerInfo]:
-    """Every named module with its output shape, from one forward of a zero image."""
+def list_layers(model: nn.Module, input_size: int | tuple[int, int], channels: int) -> list[LayerInfo]:
+    """Every named module with its output shape, from one forward of a zero image of `input_size` (H, W; an
+    int: a square)."""
     shapes: dict[str, tuple] = {}
 
     def make_hook(name):
@@ -92,7 +94,7 @@ def list_layers(model: nn.Module, input_size: int, channels: int) -> list[LayerI
 
     with removing(*(m.register_forward_hook(make_hook(name)) for name, m in model.named_modules() if name)), \
             torch.inference_mode():
-        model(torch.zeros(1, channels, input_size, input_size))
+        model(torch.zeros(1, channels, *as_hw(input_size)))
     by_path = {path: alias for alias, (path, _conv) in keras_aliases(model).items()}
     out = []
     for name, m in model.named_modules():
@@ -116,7 +118,8 @@ def slugify(text: str) -> str:
     return out.strip("-") or "layer"
 
 
-def resolve_layers(model: nn.Module, specs: list[LayerSpec], input_size: int, channels: int) -> list[Layer]:
+def resolve_layers(model: nn.Module, specs: list[LayerSpec], input_size: int | tuple[int, int],
+                   channels: int) -> list[Layer]:
     """Resolve each spec layer (module path or alias) and its filter selection, or raise SpecError."""
     if isinstance(model, torch.jit.ScriptModule):
         raise ModelError("layer outputs of a TorchScript model cannot be recorded (PyTorch runs no Python hooks "

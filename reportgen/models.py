@@ -12,7 +12,7 @@ import sys
 import urllib.error
 import warnings
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,8 +32,8 @@ IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 class LoadedModel:
     module: nn.Module
     classes: list[str]
-    input_size: int          # square side fed to the model, in pixels
-    resize_size: int         # images are resized to this, then centre-cropped to input_size
+    input_size: tuple[int, int]    # (H, W) fed to the model, in pixels
+    resize_size: tuple[int, int]   # (H, W) images are scaled to cover (aspect kept), then centre-cropped to input_size
     channels: int            # 1 or 3
     mean: list[float]
     std: list[float]
@@ -46,6 +46,11 @@ class LoadedModel:
         mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
         return (images.float() / 255 - mean) / std
+
+
+def as_hw(size: int | Sequence[int]) -> tuple[int, int]:
+    """A size as (H, W): an int is a square's side."""
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
 def weights_sha256(module: nn.Module) -> str:
@@ -87,7 +92,7 @@ def _describe(module: nn.Module, spec: ModelSpec, info: dict) -> LoadedModel:
                                           f"{first_conv.shape[1]} channels; remove the key or fix the model")
     if channels not in (1, 3):
         raise ModelError(f"the model's first conv takes {channels} channels; reportgen feeds 1 or 3 (set model.channels)")
-    input_size = spec.input_size or info.get("input_size") or 224
+    input_size = as_hw(spec.input_size or info.get("input_size") or 224)
     default_mean = IMAGENET_MEAN if channels == 3 else [0.5]
     default_std = IMAGENET_STD if channels == 3 else [0.5]
     mean = spec.mean or info.get("mean") or default_mean
@@ -97,8 +102,10 @@ def _describe(module: nn.Module, spec: ModelSpec, info: dict) -> LoadedModel:
             raise SpecError(f"model.{key}", f"has {len(values)} values but the model takes {channels} input "
                                             f"channel{'s' if channels > 1 else ''}; give one value per channel")
     classes = _classes(spec, info, module)
-    resize = info.get("resize_size") or input_size
-    return LoadedModel(module, classes, input_size, max(resize, input_size), channels, list(mean), list(std),
+    # torchvision's Resize(256) scales the shorter side to 256, i.e. the image covers 256 × 256
+    resize = as_hw(info.get("resize_size") or input_size)
+    resize = (max(resize[0], input_size[0]), max(resize[1], input_size[1]))
+    return LoadedModel(module, classes, input_size, resize, channels, list(mean), list(std),
                        weights_sha256(module), info["source"], {k: v for k, v in info.items() if k == "weights"})
 
 

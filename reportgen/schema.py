@@ -6,7 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-SCHEMA_VERSION = 2   # 1: the first release (page context minus a blacklist); 2: data only, analyses by name
+SCHEMA_VERSION = 3   # 1: the first release (page context minus a blacklist); 2: data only, analyses by name;
+                     # 3: input sizes as [height, width]
 
 
 class _Strict(BaseModel):
@@ -104,7 +105,7 @@ class ModelInfo(_Strict):
     sha256: str
     num_classes: int
     source: str
-    input_size: int
+    input_size: list[int] = Field(min_length=2, max_length=2, description="[height, width] in pixels")
     channels: int
     mean: list[float]
     std: list[float]

@@ -29,11 +29,35 @@ class ModelSpec(_Section):
     checkpoint: Path | None = None
     factory: str | None = None
     trust_checkpoint: bool = False
-    input_size: int | None = Field(None, ge=8, le=2048)
+    input_size: int | tuple[int, int] | None = Field(
+        None, description="the side of a square input, or [height, width]; each 8 to 2048 px")
     mean: list[float] | None = None
     std: list[float] | None = None
     classes: list[str] | Path | None = None
     channels: Literal[1, 3] | None = None
+
+    @field_validator("input_size", mode="before")
+    @classmethod
+    def _input_size(cls, v):
+        """An int (a square's side) or [height, width], each 8 to 2048 px. Checked before pydantic's coercion:
+        `true` or 40.5 is no size, and one message with the fix beats a union's two."""
+        def side(x) -> bool:
+            return isinstance(x, int) and not isinstance(x, bool)
+        lo, hi = 8, 2048
+        if v is None:
+            return v
+        if side(v):
+            if not lo <= v <= hi:
+                raise ValueError(f"{v} px is out of range; each side must be {lo} to {hi} pixels")
+            return v
+        if isinstance(v, (list, tuple)) and all(side(x) for x in v):
+            if len(v) != 2:
+                raise ValueError(f"{list(v)} is not [height, width]; give two sides, or one int for a square")
+            if not all(lo <= x <= hi for x in v):
+                raise ValueError(f"{list(v)} is out of range; each side must be {lo} to {hi} pixels")
+            return (v[0], v[1])
+        raise ValueError(f"{v!r} is not a size; give one int for a square (e.g. 224) or [height, width] "
+                         f"(e.g. [40, 32])")
 
     @field_validator("factory")
     @classmethod

@@ -30,8 +30,9 @@ def attribution_images(ctx) -> np.ndarray:
 
 
 def _window(ctx) -> tuple[int, int]:
+    """(window, stride) of occlusion: the spec's, else a square window from the shorter input side."""
     s = ctx.spec.attribution
-    window = s.window or default_window(ctx.model.input_size)
+    window = s.window or default_window(min(ctx.model.input_size))
     return window, s.stride or default_stride(window)
 
 

@@ -20,22 +20,35 @@ from ..render import plots
 from ..report import rounded
 from . import embedding as emb
 
-THUMB_MAX = 64          # thumbnails larger than this are downscaled for the sprite sheet
-PIXEL_SPACE = 32        # images are compared in pixel space at this size (keeps 5k×224 px tractable)
+THUMB_MAX = 64          # thumbnails with a longer side than this are downscaled for the sprite sheet
+PIXEL_SPACE = 32        # images are compared in pixel space at most this long (keeps 5k×224 px tractable)
 SPRITE = "img/sprite.webp"
 METHODS = {"tsne": ["tsne"], "pca": ["pca"], "both": ["tsne", "pca"], "none": []}
 
 
+def fit_within(size: tuple[int, int], longest: int) -> tuple[int, int]:
+    """(h, w) of an image of `size` (H, W) scaled down, aspect kept, so that its longer side is at most
+    `longest` (each side rounded, at least 1 px); unchanged if it already fits."""
+    h, w = size
+    if max(h, w) <= longest:
+        return h, w
+    scale = longest / max(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def _resized(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H, W, C) uint8 → (h, w, C), bilinear; the same array if it is that size already."""
+    if img.shape[:2] == size:
+        return img
+    pil = Image.fromarray(img[:, :, 0] if img.shape[2] == 1 else img)
+    return im.to_hwc(np.asarray(pil.resize((size[1], size[0]), Image.BILINEAR)))
+
+
 def thumbnails(ctx, indices) -> np.ndarray:
-    """(N, h, w, C) uint8 thumbnails of dataset images (at most THUMB_MAX px)."""
-    out = []
-    for i in np.asarray(indices).tolist():
-        img = im.to_hwc(ctx.dataset.image(i))
-        if img.shape[0] > THUMB_MAX:
-            pil = Image.fromarray(img[:, :, 0] if img.shape[2] == 1 else img)
-            img = im.to_hwc(np.asarray(pil.resize((THUMB_MAX, THUMB_MAX), Image.BILINEAR)))
-        out.append(img)
-    return np.stack(out)
+    """(N, h, w, C) uint8 thumbnails of dataset images: the model's input (H, W) scaled down, aspect kept, to
+    at most THUMB_MAX px on the longer side (`fit_within`)."""
+    size = fit_within(ctx.model.input_size, THUMB_MAX)
+    return np.stack([_resized(im.to_hwc(ctx.dataset.image(i)), size) for i in np.asarray(indices).tolist()])
 
 
 def explore(ctx, key: str, methods: list[str]) -> dict:
@@ -60,10 +73,9 @@ def explore(ctx, key: str, methods: list[str]) -> dict:
     labels = ctx.dataset.labels[idx]
     queries = emb.choose_queries(labels, n=min(8, len(idx)), seed=ctx.spec.seed)
     k = min(8, len(idx) - 1)
-    pixels = thumbnails(ctx, idx).astype(np.float32)
-    if pixels.shape[1] > PIXEL_SPACE:
-        pixels = np.stack([np.asarray(Image.fromarray(p.squeeze().astype(np.uint8)).resize(
-            (PIXEL_SPACE, PIXEL_SPACE), Image.BILINEAR), np.float32) for p in pixels])
+    thumbs = thumbnails(ctx, idx)
+    small = fit_within(thumbs.shape[1:3], PIXEL_SPACE)
+    pixels = np.stack([_resized(t, small) for t in thumbs]).astype(np.float32)
     out.update(queries=queries, by_feature=emb.nearest_neighbours(feats, queries, k=k),
                by_pixel=emb.nearest_neighbours(pixels.reshape(len(idx), -1), queries, k=k))
     return out
@@ -119,10 +131,10 @@ def lay_out(ctx, art: dict, out, slug: str) -> dict | None:
 
 def _sprite(ctx, out, idx: np.ndarray) -> plots.SpriteLayout:
     """One sprite sheet of the pooled subset's thumbnails, shared by every explorer of the site."""
-    side = min(ctx.model.input_size, THUMB_MAX)
+    h, w = fit_within(ctx.model.input_size, THUMB_MAX)   # the thumbnails' size
     columns = math.ceil(math.sqrt(len(idx)))
     out.file(SPRITE, lambda: _sprite_bytes(ctx, idx))
-    return plots.SpriteLayout(Path(SPRITE).name, len(idx), columns, math.ceil(len(idx) / columns), side, side)
+    return plots.SpriteLayout(Path(SPRITE).name, len(idx), columns, math.ceil(len(idx) / columns), w, h)
 
 
 def _sprite_bytes(ctx, idx) -> bytes:

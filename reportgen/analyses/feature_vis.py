@@ -23,8 +23,8 @@ def _synthesize(ctx, layer_path, units: list[int], kind: str, regularize: bool, 
     def work(mine: list[int]) -> dict:
         with tqdm(total=len(mine) * variants * steps, unit="img·step", desc=label, leave=False,
                   disable=not (ctx.progress and ctx.group.is_main)) as bar:
-            param = Parameterization(ctx.model.channels, ctx.model.mean, ctx.model.std,
-                                     size=s.size or ctx.model.input_size, fourier=regularize)
+            param = Parameterization(ctx.model.channels, ctx.model.mean, ctx.model.std, size=image_size(ctx),
+                                     fourier=regularize)
             res = synthesize(ctx.model.module, Objective(layer_path, mine, kind, variants, diversity), param,
                              RandomAffine() if regularize else None,
                              Optimizer(steps=steps, lr=s.lr, seed=ctx.spec.seed, batch_size=batch),
@@ -38,6 +38,12 @@ def _synthesize(ctx, layer_path, units: list[int], kind: str, regularize: bool, 
     return {"units": np.array(units, np.int64), "images": np.stack([merged[r][0] for r in rows]),
             "activation": np.array([merged[r][1] for r in rows], np.float64),
             "curve_steps": _curve_steps(steps), "curve": np.stack([merged[r][2] for r in rows])}
+
+
+def image_size(ctx) -> tuple[int, int]:
+    """(H, W) of the synthesized images: `feature_vis.size` (a square), or the model's input size when it is 0."""
+    side = ctx.spec.feature_vis.size
+    return (side, side) if side else ctx.model.input_size
 
 
 def _curve_steps(steps: int) -> np.ndarray:
@@ -62,7 +68,7 @@ class FilterVis(BaseModel):
     image: str
     activation: float | None     # the objective on the final, unwarped image
     steps: int
-    size: int
+    size: list[int] = Field(min_length=2, max_length=2, description="[height, width] of the image, pixels")
     objective: str               # "channel" (mean over positions) or "neuron" (the centre unit)
     curve: Curve
     variants: list[Synthesized]  # further images with the diversity term (beyond the first)
@@ -102,7 +108,7 @@ class FeatureVis(Analysis):
                 def image(rel, arr=res["images"], row=n):
                     return out.image(rel, lambda: arr[row])
                 vis = {"image": image(f"{base}/f{f}_vis.png"), "activation": rounded(res["activation"][n], 4),
-                       "steps": s.steps, "size": s.size or ctx.model.input_size,
+                       "steps": s.steps, "size": list(image_size(ctx)),
                        "objective": self._objective(ctx, layer),
                        "curve": {"steps": [int(t) + 1 for t in res["curve_steps"]],
                                  "values": [rounded(v, 4) for v in res["curve"][n]]},

@@ -12,8 +12,10 @@ from .occluded import OccludedForward
 
 
 def default_window(input_size: int) -> int:
-    """The occlusion window used when none is given: a sixth of the (smaller) input side, at least 2 px
-    (a 1-px window would only show single-pixel noise), never more than the input."""
+    """The side of the square occlusion window used when none is given, for an input whose shorter side is
+    `input_size`: a sixth of it, at least 2 px (a 1-px window would only show single-pixel noise), never
+    more than the input. One square window for both axes, so a non-square image is probed by the same
+    patch everywhere (a window of a sixth of each side would be a stretched patch)."""
     return min(input_size, max(2, input_size // 6))
 
 

@@ -1,6 +1,6 @@
 """Image parameterizations: how a batch of synthesized images is written as trainable tensors.
 
-`Parameterization` is the configuration (which parameterization, image size and channels, the model's
+`Parameterization` is the configuration (which parameterization, image size (H, W) and channels, the model's
 input normalization); its `images(generators, device)` builds the tensors. A parameterization returns an
 `ImageParam`: the tensors the optimizer updates, a function that turns them into pixels in [0, 1]
 (N, C, H, W), and a projection run after every optimizer step.
@@ -12,7 +12,7 @@ input normalization); its `images(generators, device)` builds the tensors. A par
 - `pixel_image`: raw pixels, clipped to [0, 1] after each step: the plain ascent, shown for comparison.
 
 Every image draws its initial values from its own `torch.Generator`, so an image never depends on the
-other images of its batch.
+other images of its batch. A size is (H, W), or an int for a square.
 """
 
 from dataclasses import dataclass, field
@@ -51,16 +51,23 @@ def _per_image_normal(generators: Sequence[torch.Generator], shape: tuple[int, .
     return (torch.stack([torch.randn(shape, generator=g) for g in generators]) * sd).to(device)
 
 
-def frequency_scale(size: int, decay_power: float = 1.0) -> torch.Tensor:
-    """(size, size // 2 + 1) weights 1 / max(f, 1/size)^decay for the rfft2 bins, f in cycles per pixel.
+def hw(size: int | Sequence[int]) -> tuple[int, int]:
+    """A size as (H, W): an int is a square's side."""
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def frequency_scale(size: int | Sequence[int], decay_power: float = 1.0) -> torch.Tensor:
+    """(H, W // 2 + 1) weights 1 / max(f, 1/max(H, W))^decay for the rfft2 bins of an (H, W) image, f the
+    frequency in cycles per pixel, sqrt(fy² + fx²) with fy and fx each along its own axis (as Lucid's).
 
     Normalized so the weights' root mean square is 1: a step that moves every coefficient by about `lr`
     (Adam's) then moves pixels by about `lr × gain` whatever the image size, so one learning rate serves
     28 px and 128 px images alike.
     """
-    fy = torch.fft.fftfreq(size)[:, None]                # (H, 1)
-    fx = torch.fft.rfftfreq(size)[None, :]               # (1, W // 2 + 1)
-    f = torch.sqrt(fy ** 2 + fx ** 2).clamp(min=1.0 / size)
+    h, w = hw(size)
+    fy = torch.fft.fftfreq(h)[:, None]                   # (H, 1)
+    fx = torch.fft.rfftfreq(w)[None, :]                  # (1, W // 2 + 1)
+    f = torch.sqrt(fy ** 2 + fx ** 2).clamp(min=1.0 / max(h, w))
     scale = f ** -decay_power
     return scale / scale.pow(2).mean().sqrt()
 
@@ -72,7 +79,8 @@ def _color_matrix(channels: int, decorrelate: bool) -> torch.Tensor:
     return IMAGENET_COLOR_SQRT / IMAGENET_COLOR_SQRT.norm(dim=0).max()
 
 
-def fourier_image(generators: Sequence[torch.Generator], channels: int, size: int, *, sd: float = 0.01,
+def fourier_image(generators: Sequence[torch.Generator], channels: int, size: int | Sequence[int], *,
+                  sd: float = 0.01,
                   decay_power: float = 1.0, decorrelate: bool = True, gain: float = 4.0,
                   device: str | torch.device = "cpu") -> ImageParam:
     """Images parameterized by their scaled spectrum, in decorrelated colour space, through a sigmoid.
@@ -80,25 +88,26 @@ def fourier_image(generators: Sequence[torch.Generator], channels: int, size: in
     generators: one per image (N of them). `gain` multiplies the spectrum before the inverse FFT; it sets
     how far one optimizer step moves the pixels (with Adam, each parameter moves about `lr` per step).
     """
+    h, w = hw(size)
     # (N, C, H, W//2+1, 2): real and imaginary parts, a real leaf tensor so every optimizer handles it.
-    spectrum = _per_image_normal(generators, (channels, size, size // 2 + 1, 2), sd, device)
+    spectrum = _per_image_normal(generators, (channels, h, w // 2 + 1, 2), sd, device)
     spectrum.requires_grad_(True)
     scale = (frequency_scale(size, decay_power) * gain).to(device)   # (H, W//2+1)
     color = _color_matrix(channels, decorrelate).to(device)          # (C, C)
 
     def image() -> torch.Tensor:
         coeffs = torch.view_as_complex(spectrum) * scale                        # (N, C, H, W//2+1)
-        logits = torch.fft.irfft2(coeffs, s=(size, size), norm="ortho")         # (N, C, H, W)
+        logits = torch.fft.irfft2(coeffs, s=(h, w), norm="ortho")               # (N, C, H, W)
         logits = torch.einsum("ij,njhw->nihw", color, logits)
         return torch.sigmoid(logits)
 
     return ImageParam([spectrum], image)
 
 
-def pixel_image(generators: Sequence[torch.Generator], channels: int, size: int, *,
+def pixel_image(generators: Sequence[torch.Generator], channels: int, size: int | Sequence[int], *,
                 sd: float = 0.01, device: str | torch.device = "cpu") -> ImageParam:
     """Raw pixels around mid-grey, clipped to [0, 1] after each step: plain gradient ascent."""
-    pixels = (0.5 + _per_image_normal(generators, (channels, size, size), sd, device)).requires_grad_(True)
+    pixels = (0.5 + _per_image_normal(generators, (channels, *hw(size)), sd, device)).requires_grad_(True)
 
     def project() -> None:
         with torch.no_grad():
@@ -109,7 +118,8 @@ def pixel_image(generators: Sequence[torch.Generator], channels: int, size: int,
 
 @dataclass(frozen=True)
 class Parameterization:
-    """How images are written and fed to the model: `channels` × `size` × `size` pixels in [0, 1].
+    """How images are written and fed to the model: `channels` × H × W pixels in [0, 1], `size` = (H, W) or
+    an int for a square (`hw` is always the pair).
 
     fourier: True = `fourier_image` (with `decorrelate`d colours), False = `pixel_image` (plain ascent).
     sd: spread of the random initial parameters.
@@ -118,15 +128,19 @@ class Parameterization:
     channels: int
     mean: Sequence[float]
     std: Sequence[float]
-    size: int = 128
+    size: int | tuple[int, int] = 128
     fourier: bool = True
     decorrelate: bool = True
     sd: float = 0.01
 
     def __post_init__(self):
-        for key, value, low in (("channels", self.channels, 1), ("size", self.size, 8)):
-            if value < low:
-                raise SpecError(key, f"must be at least {low}; got {value!r}.")
+        if not isinstance(self.size, int):
+            object.__setattr__(self, "size", tuple(self.size))
+        if self.channels < 1:
+            raise SpecError("channels", f"must be at least 1; got {self.channels!r}.")
+        if min(self.hw) < 8:
+            raise SpecError("size", f"must be at least 8{'' if isinstance(self.size, int) else ' on each side'}; "
+                                    f"got {self.size!r}.")
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
         object.__setattr__(self, "std", tuple(float(s) for s in self.std))
         if len(self.mean) != self.channels or len(self.std) != self.channels:
@@ -134,6 +148,10 @@ class Parameterization:
                                     f"got {len(self.mean)} and {len(self.std)}.")
         if any(s <= 0 for s in self.std):
             raise SpecError("std", f"std values must be positive; got {list(self.std)!r}.")
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        return hw(self.size)
 
     def images(self, generators: Sequence[torch.Generator], device: str | torch.device = "cpu") -> ImageParam:
         """One image per generator, its initial values drawn from that generator only."""

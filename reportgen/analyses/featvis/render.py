@@ -83,7 +83,7 @@ def synthesize(model: nn.Module, objective: Objective, param: Parameterization,
                device: str = "cpu", progress: Callable[[int], None] | None = None) -> FeatureVisResult:
     """Gradient ascent on `objective` for each of its units, images batched `optimizer.batch_size` at a time.
 
-    model: takes normalized (B, param.channels, param.size, param.size) float input, already on `device`;
+    model: takes normalized (B, param.channels, H, W) float input, (H, W) = `param.hw`, already on `device`;
         it is put in eval mode with frozen weights for the call and restored after.
     param: how images are parameterized (pixels are synthesized in [0, 1], then normalized by its mean/std).
     transforms: the random warp applied at every step, or None for none. Fourier parameterization with the
@@ -97,7 +97,7 @@ def synthesize(model: nn.Module, objective: Objective, param: Parameterization,
     mean_t = torch.tensor(param.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
     std_t = torch.tensor(param.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
     # A zero-image entry keeps the concatenations below valid when there are no units.
-    done = [(np.zeros((0, param.size, param.size, param.channels), np.uint8), torch.zeros(0),
+    done = [(np.zeros((0, *param.hw, param.channels), np.uint8), torch.zeros(0),
              torch.zeros(0, optimizer.steps))]
     with frozen(model), truncated_model(model, objective.layer) as truncated:
         for start in range(0, len(per_image), chunk_len):
