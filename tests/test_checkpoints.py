@@ -120,7 +120,7 @@ def test_released_resnet20_checkpoint(tmp_path):
     expected = {k: (torch.tensor(0) if k.endswith("num_batches_tracked") else v)   # the fresh model's counter
                 for k, v in net.state_dict().items()}
     assert_same_weights(m.module, expected)
-    assert (m.channels, m.input_size, len(m.classes)) == (3, 32, 10)
+    assert (m.channels, m.input_size, len(m.classes)) == (3, (32, 32), 10)
 
 
 # --- safetensors and TorchScript ----------------------------------------------------------------------------

@@ -20,7 +20,7 @@ def outputs_equal(a, b, channels=1, size=28):
 def test_torchvision_without_weights(tmp_path):
     m = load_model(ModelSpec(torchvision="resnet18", weights=None), tmp_path)
     assert isinstance(m.module, torchvision.models.ResNet)
-    assert (m.input_size, m.channels, len(m.classes)) == (224, 3, 1000)
+    assert (m.input_size, m.channels, len(m.classes)) == ((224, 224), 3, 1000)
     assert not m.module.training
 
 
@@ -37,7 +37,7 @@ def test_torchvision_weights_from_torch_home(tmp_path, monkeypatch):
     m = load_model(ModelSpec(torchvision="resnet18", weights="IMAGENET1K_V1"), tmp_path)
     assert outputs_equal(m.module, stand_in.eval(), channels=3, size=64)
     assert m.classes[:2] == ["tench", "goldfish"] and len(m.classes) == 1000
-    assert m.mean == [0.485, 0.456, 0.406] and (m.input_size, m.resize_size) == (224, 256)
+    assert m.mean == [0.485, 0.456, 0.406] and (m.input_size, m.resize_size) == ((224, 224), (256, 256))
 
 
 def test_unknown_weights_lists_the_choices(tmp_path):
@@ -58,7 +58,7 @@ def test_torchscript_checkpoint(tmp_path):
     torch.jit.script(net).save(str(tmp_path / "net.pt"))
     m = load_model(ModelSpec(checkpoint=tmp_path / "net.pt"), tmp_path)
     assert outputs_equal(m.module, net)
-    assert (m.channels, m.input_size) == (1, 224)         # channels read off the first 4-D weight; size: default
+    assert (m.channels, m.input_size) == (1, (224, 224))  # channels read off the first 4-D weight; size: default
     # its layers cannot be hooked: the error says how to get them (factory + the same file)
     with pytest.raises(ModelError, match="give the architecture as 'factory:' and keep the TorchScript file"):
         resolve_layers(m.module, [LayerSpec(name="features.c1")], 28, 1)
