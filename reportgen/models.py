@@ -101,7 +101,7 @@ def _describe(module: nn.Module, spec: ModelSpec, info: dict) -> LoadedModel:
         if len(values) != channels:
             raise SpecError(f"model.{key}", f"has {len(values)} values but the model takes {channels} input "
                                             f"channel{'s' if channels > 1 else ''}; give one value per channel")
-    classes = _classes(spec, info, module)
+    classes = _classes(spec, info, module, channels, input_size)
     # torchvision's Resize(256) scales the shorter side to 256, i.e. the image covers 256 × 256
     resize = as_hw(info.get("resize_size") or input_size)
     resize = (max(resize[0], input_size[0]), max(resize[1], input_size[1]))
@@ -109,7 +109,7 @@ def _describe(module: nn.Module, spec: ModelSpec, info: dict) -> LoadedModel:
                        weights_sha256(module), info["source"], {k: v for k, v in info.items() if k == "weights"})
 
 
-def _classes(spec: ModelSpec, info: dict, module: nn.Module) -> list[str]:
+def _classes(spec: ModelSpec, info: dict, module: nn.Module, channels: int, input_size) -> list[str]:
     if isinstance(spec.classes, list):
         return spec.classes
     if isinstance(spec.classes, Path):
@@ -120,11 +120,18 @@ def _classes(spec: ModelSpec, info: dict, module: nn.Module) -> list[str]:
         return [line.strip() for line in lines if line.strip()]
     if info.get("classes"):
         return list(info["classes"])
-    # the last Linear's outputs; a TorchScript module has no nn.Linear children: its last 2-D weight's rows
-    last_linear = [m for m in module.modules() if isinstance(m, nn.Linear)]
-    last_2d = [p for p in module.parameters() if p.dim() == 2]
-    n = last_linear[-1].out_features if last_linear else last_2d[-1].shape[0] if last_2d else 0
-    return [f"class {i}" for i in range(n)]
+    return [f"class {i}" for i in range(_outputs(module, channels, input_size))]
+
+
+def _outputs(module: nn.Module, channels: int, input_size: tuple[int, int]) -> int:
+    """How many outputs the model has, read off one forward of a zero image (a head may be a Linear, a conv
+    and a pool as in SqueezeNet, or TorchScript); 0 when the output is not (1, K)."""
+    try:
+        with torch.inference_mode():
+            out = module(torch.zeros(1, channels, *input_size))
+    except Exception:   # noqa: BLE001 - a model that cannot run is reported later, with its layer names
+        return 0
+    return int(out.shape[1]) if isinstance(out, torch.Tensor) and out.dim() == 2 else 0
 
 
 def _from_torchvision(spec: ModelSpec) -> tuple[nn.Module, dict]:
