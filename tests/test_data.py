@@ -71,6 +71,43 @@ def test_imagefolder_resize_crop_and_classes(tmp_path):
     assert np.array_equal(ds.image(3), expected)
 
 
+@pytest.mark.parametrize("width, height, resized, left", [
+    # portrait 30×50 (width × height): covering 40×32 (H × W) scales the width 30 → 32, height 50 → 53;
+    # exactly torchvision's Resize(32) (shorter side) + CenterCrop((40, 32)), whose top offset round(6.5) = 6
+    (30, 50, 32, None),
+    # landscape 50×30: the height 30 → 40, width 50 → 66.7, rounded to 67 (torchvision's Resize(40) truncates
+    # to 66), then the crop starts at floor(35 / 2) = 17 (CenterCrop would round half to even: 18); reportgen
+    # keeps its rounding so that square models read the same pixels as before
+    (50, 30, [40, 67], 17),
+])
+def test_imagefolder_non_square_input_covers_then_centre_crops(tmp_path, width, height, resized, left):
+    import torchvision.transforms.functional as TF
+
+    write_imagefolder(tmp_path, per_class=1, classes=("cat",), size=(width, height))
+    ds = load_dataset(DatasetSpec(format="imagefolder", root=tmp_path), (40, 32), (40, 32), 3)
+    src = TF.resize(Image.open(tmp_path / "cat" / "img0.png").convert("RGB"), resized,
+                    interpolation=TF.InterpolationMode.BILINEAR)
+    crop = TF.center_crop(src, [40, 32]) if left is None else TF.crop(src, 0, left, 40, 32)
+    expected = np.asarray(crop).transpose(2, 0, 1)                       # (C, H, W)
+    assert ds.image(0).shape == (3, 40, 32)
+    assert np.array_equal(ds.image(0), expected)
+
+
+@pytest.mark.parametrize("fmt", ["mnist", "cifar10"])
+def test_array_datasets_at_a_non_square_input(tmp_path, fmt):
+    """IDX and CIFAR arrays take the same path: 28×28 (32×32) covering 40×32 → 40×40, centre-cropped."""
+    if fmt == "mnist":
+        images, _ = write_mnist(tmp_path, n=3)
+        channels, src = 1, Image.fromarray(images[1])
+    else:
+        images, _ = write_cifar10(tmp_path, n=3)
+        channels, src = 3, Image.fromarray(images[1])
+    ds = load_dataset(DatasetSpec(format=fmt, root=tmp_path), (40, 32), (40, 32), channels)
+    expected = np.asarray(src.resize((40, 40), Image.BILINEAR))[:, 4:36]
+    expected = expected[None] if channels == 1 else expected.transpose(2, 0, 1)
+    assert np.array_equal(ds.image(1), expected)
+
+
 def test_imagefolder_leaves_out_files_that_are_not_images(tmp_path):
     write_imagefolder(tmp_path, per_class=2, classes=("cat", "dog"))
     write_folder_clutter(tmp_path, "cat")

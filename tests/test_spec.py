@@ -89,3 +89,33 @@ def test_cli_unknown_layer_suggests_closest(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: layers[0].name: no layer 'block9_conv1'; closest: block2_conv1, block1_conv1, "
                    "block1_conv2 (run 'reportgen layers SPEC' to list them)"]
+
+
+def with_input_size(value: str) -> str:
+    return BASE.replace("  factory: tests.helpers.tiny:tiny_cnn\n",
+                        f"  factory: tests.helpers.tiny:tiny_cnn\n  input_size: {value}\n")
+
+
+@pytest.mark.parametrize("value, expected", [("28", 28), ("[40, 32]", (40, 32)), ("[8, 2048]", (8, 2048))])
+def test_input_size_is_a_side_or_height_and_width(tmp_path, value, expected):
+    spec = load_spec(write(tmp_path, with_input_size(value)))
+    assert spec.model.input_size == expected
+    assert spec.model.model_dump(mode="json")["input_size"] == (list(expected) if value.startswith("[") else expected)
+
+
+@pytest.mark.parametrize("value, message", [
+    ("4", "4 px is out of range; each side must be 8 to 2048 pixels"),
+    ("4096", "4096 px is out of range; each side must be 8 to 2048 pixels"),
+    ("[40, 4]", "[40, 4] is out of range; each side must be 8 to 2048 pixels"),
+    ("[40]", "[40] is not [height, width]; give two sides, or one int for a square"),
+    ("[40, 32, 3]", "[40, 32, 3] is not [height, width]; give two sides, or one int for a square"),
+    ("big", "'big' is not a size; give one int for a square (e.g. 224) or [height, width] (e.g. [40, 32])"),
+    ("true", "True is not a size; give one int for a square (e.g. 224) or [height, width] (e.g. [40, 32])"),
+    ("40.5", "40.5 is not a size; give one int for a square (e.g. 224) or [height, width] (e.g. [40, 32])"),
+    ("[40, 32.0]", "[40, 32.0] is not a size; give one int for a square (e.g. 224) or [height, width] "
+                   "(e.g. [40, 32])"),
+])
+def test_input_size_errors_name_the_key(tmp_path, value, message):
+    with pytest.raises(SpecError) as info:
+        load_spec(write(tmp_path, with_input_size(value)))
+    assert [(e.key, e.message) for e in info.value.errors] == [("model.input_size", message)]
