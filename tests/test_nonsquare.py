@@ -91,8 +91,8 @@ def png(path) -> np.ndarray:
 
 
 def receptive_box(chain, y: int, x: int) -> list[int]:
-    """[x0, y0, x1, y1] of unit (y, x), by the textbook recursion per axis: jump J (product of strides), size
-    R = 1 + Σ (k − 1)·J_before, offset P = Σ p·J_before; rows J·y − P … J·y − P + R, clipped to the image."""
+    """[x0, y0, x1, y1] of unit (y, x), by the textbook recursion per axis: jump J (product of strides),
+    size R = 1 + Σ (k − 1)·J_before, offset P = Σ p·J_before; rows J·y − P … J·y − P + R, clipped."""
     span = []
     for axis, (n, i) in enumerate(((H, y), (W, x))):
         jump, size, pad = 1, 1, 0

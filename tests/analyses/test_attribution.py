@@ -81,12 +81,13 @@ def captum_occlusion(model, x, target, window, stride, baseline):
     ("tiny", 4, 2, 0.0),
     ("tiny", 5, 3, [0.5, -1.0, 2.0]),     # last windows clipped at the border, one value per channel
     ("tiny", 16, 1, -0.5),                 # one window: the whole image
+    ("tall", 5, 2, 0.0),                   # a non-square input (20×14): square windows along both axes
     ("demo", 6, 4, 0.0),
     ("resnet", 12, 8, 0.0),
 ])
 def test_occlusion_matches_captum(name, window, stride, baseline, demo, resnet):
-    model, x, target = {"tiny": case(tiny_cnn(), (2, 3, 16, 16)), "demo": demo,
-                        "resnet": case(resnet[0], (1, 3, 32, 32))}[name]
+    model, x, target = {"tiny": case(tiny_cnn(), (2, 3, 16, 16)), "tall": case(tiny_cnn(), (2, 3, 20, 14)),
+                        "demo": demo, "resnet": case(resnet[0], (1, 3, 32, 32))}[name]
     ours = occlusion(model, x, target, window=window, stride=stride, baseline=baseline)
     ref = captum_occlusion(model, x, target, window, stride, baseline)
     assert ours.dtype == np.float32 and ours.shape == (x.shape[0], *x.shape[-2:])

@@ -373,3 +373,53 @@ def test_random_affine_draws_do_not_depend_on_batch_neighbours():
     alone = warp.matrices([torch.Generator().manual_seed(3)])
     together = warp.matrices([torch.Generator().manual_seed(s) for s in (1, 3, 2)])
     torch.testing.assert_close(together[1], alone[0])
+
+
+# -- non-square images: (H, W) = (24, 16), every step per axis ---------------------------------------------------
+TALL = (24, 16)
+
+
+def test_frequency_scale_of_a_non_square_image_takes_each_axis_frequencies():
+    h, w = TALL
+    f = np.sqrt(np.fft.fftfreq(h)[:, None] ** 2 + np.fft.rfftfreq(w)[None, :] ** 2)    # cycles per pixel, per axis
+    expected = 1 / np.maximum(f, 1 / max(h, w))
+    expected /= np.sqrt((expected ** 2).mean())
+    np.testing.assert_allclose(frequency_scale(TALL).numpy(), expected, rtol=1e-5)
+    torch.testing.assert_close(frequency_scale((16, 16)), frequency_scale(16), rtol=0, atol=0)
+
+
+def test_fourier_image_of_a_non_square_size_follows_its_spectrum():
+    # One coefficient: 3 cycles down the 24 rows and 2 across the 16 columns.
+    param = fourier_image([torch.Generator()], 1, TALL, decorrelate=False, gain=1.0)
+    assert param.params[0].shape == (1, 1, 24, 16 // 2 + 1, 2)
+    with torch.no_grad():
+        param.params[0].zero_()
+        param.params[0][0, 0, 3, 2, 0] = 1.0
+        logits = torch.logit(param.image()[0, 0].double())
+    spectrum = np.zeros((24, 9))
+    spectrum[3, 2] = frequency_scale(TALL)[3, 2].item()
+    np.testing.assert_allclose(logits.numpy(), np.fft.irfft2(spectrum, s=TALL, norm="ortho"), atol=1e-4)
+
+
+def test_random_affine_rotates_a_non_square_image_in_pixels():
+    # affine_grid's coordinates span 2 along each axis: in pixels (scaled by W/2, H/2) the matrix must be a
+    # rotation times a zoom, whatever the aspect
+    gens = [torch.Generator().manual_seed(i) for i in range(4)]
+    theta = RandomAffine(degrees=40).matrices(gens, aspect=24 / 16)[:, :, :2].double()
+    to_pixels = torch.diag(torch.tensor([16.0, 24.0], dtype=torch.float64))
+    rotation = to_pixels @ theta @ torch.linalg.inv(to_pixels)
+    torch.testing.assert_close(rotation[:, 0, 0], rotation[:, 1, 1])
+    torch.testing.assert_close(rotation[:, 0, 1], -rotation[:, 1, 0])
+    assert (rotation[:, 0, 1].abs() > 0.01).all()                       # the draws did rotate
+
+
+def test_synthesis_at_a_non_square_size():
+    model = conv_net(3)
+    param = Parameterization(3, mean=[0.5] * 3, std=[0.25] * 3, size=list(TALL))
+    assert param.hw == TALL and param.size == TALL
+    result = synthesize(model, Objective("conv2", [0, 3]), param, RandomAffine(), Optimizer(steps=5))
+    assert result.images.shape == (2, 24, 16, 3)
+    direct = direct_objective(model, "conv2", "channel", result.images, [0, 3], 3)
+    np.testing.assert_allclose(result.activation, direct, rtol=1e-4, atol=1e-5)
+    with pytest.raises(SpecError, match=r"^size: must be at least 8 on each side; got \(24, 4\).$"):
+        Parameterization(3, mean=[0.5] * 3, std=[0.25] * 3, size=(24, 4))
