@@ -7,11 +7,12 @@ reads. A forward pass over the graph first finds, for every node, which tensor d
 matrix (positions out, positions in) saying which input positions each output position reads: from the
 window arithmetic of convs and pools, the widths and mode of paddings, adaptive bins, interpolation weights
 (the op run on one-hot probes), and for pure data movement (slices, chunks, reshapes, concatenation) the op
-run on a tensor holding each element's coordinate. Per axis is exact for the boxes: every op here reads,
-per output position, one set of positions along y and one along x; the union over channels and over the
-paths of a multi-path graph is kept per axis, which gives the same bounding box. Where a unit reads only some
-channels of a tensor whose channels see different parts of the image (a channel slice after a
-concatenation), per axis would over-count: that, and any op without known geometry, goes to the fallback.
+run on a tensor holding each element's coordinate. Per axis is exact for the boxes: each op here has an
+output position read a set of rows times a set of columns, so a unit's dependency set is a union of such
+products (one per path and channel), whose bounding box is the hull of the rows times the hull of the columns.
+Where a unit reads only some channels of a tensor whose channels see different parts of the image (a
+channel slice after a concatenation), per axis would over-count: that, and any op without known geometry,
+goes to the fallback (`gradient_fields`).
 """
 
 from __future__ import annotations
@@ -37,13 +38,13 @@ from .trace import describe, layer_node, trace
 class ReceptiveField:
     """The input pixels each unit of a layer depends on.
 
-    `size` and `stride` are the unclipped extent (h, w) and the step between neighbouring units in
-    input pixels (continued at the mean step through ops without affine arithmetic; for `method`
-    "gradient", the largest clipped extent and input size / output size); `box(y, x)` is the exact bounding box
-    of the input pixels that unit (y, x) of the layer's output depends on (all its channels), clipped to the
-    image; the union over all paths of a multi-path graph. `method`: "analytic" (op arithmetic), "gradient"
-    (support of the input gradient of a linearized copy; `note` says which op needed it) or "whole image"
-    (a model torch.fx cannot trace: every unit is given the whole image).
+    `size` and `stride` are the unclipped extent (h, w) and the step between neighbouring units in input
+    pixels (continued at the mean step through ops without affine arithmetic; for `method` "gradient", the
+    largest clipped extent and input size / output size); `box(y, x)` is the exact bounding box of the input
+    pixels that unit (y, x) of the layer's output depends on (all its channels), clipped to the image; the
+    union over all paths of a multi-path graph. `method`: "analytic" (op arithmetic), "gradient" (support of
+    the input gradient of a linearized copy; `note` says which op needed it) or "whole image" (a model
+    torch.fx cannot trace: every unit is given the whole image).
     """
 
     layer: str
@@ -87,10 +88,10 @@ def receptive_fields(model: nn.Module, layers: list[str], input_size: tuple[int,
 
     Analytic (see the module docstring) where every op between the layer and the input has known geometry;
     the others by `gradient_fields`, exact too, at the cost of forward and backward passes (`method`
-    "gradient": every layer by it, to compare). Units of a layer
-    without spatial layout (after flatten / Linear) see the whole image. Node sizes come from propagating
-    a (1, C, H, W) input, C being `in_channels` or what the first conv called takes. Raises ModelError when
-    the model cannot be traced or a layer is not in its forward.
+    "gradient": every layer by it, to compare). Units of a layer without spatial layout (after flatten /
+    Linear) see the whole image. Node sizes come from propagating a (1, C, H, W) input, C being
+    `in_channels` or what the first conv called takes. Raises ModelError when the model cannot be traced,
+    a layer is not in its forward or does not depend on the input, or the fallback fails.
     """
     gm = trace(model)
     targets = {layer: layer_node(gm, layer) for layer in layers}
@@ -146,8 +147,12 @@ def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, shape: tuple[int, ..
     try:
         _Recorder(gm, fake_mode=FakeTensorMode(allow_non_fake_inputs=True)).propagate(x)
     except Exception:  # any failure of the fake run: pay for the real one
-        with torch.no_grad():
-            _Recorder(gm).propagate(x)
+        try:
+            with torch.no_grad():
+                _Recorder(gm).propagate(x)
+        except Exception as error:
+            raise ModelError(f"{type(gm).__name__} does not run on a {tuple(shape)} input "
+                             f"({type(error).__name__}: {str(error).splitlines()[0]})") from error
 
 
 def _shape(node: fx.Node) -> tuple[int, ...]:
@@ -182,7 +187,8 @@ _TUPLE = "tuple"  # a node returning a tuple of tensors (chunk, split): its geti
 class _Geometry:
     """For every node computed from the model input: per axis (y, x) the dim that holds it (None: the tensor
     does not vary along it) and the `_Map`s from its inputs; or why its geometry is unknown.
-    `uniform[node]`: every channel of it reads the same input positions (false after concatenation)."""
+    `uniform[node]`: every channel of it reads the same input positions (false after concatenation, until a
+    conv or Linear mixes the channels again)."""
 
     def __init__(self, gm: fx.GraphModule):
         self.gm, self.axes, self.uniform = gm, {}, {}
@@ -215,13 +221,16 @@ class _Geometry:
             return f"cannot map {describe(self.gm, node)} back to its input ({type(error).__name__}: {error})"
         sources = {m.source for _, maps in axes for m in maps}
         op = node_op(self.gm, node)
-        mixes = op is not None and (op.kind == "linear" or (op.kind == "conv" and _groups(self.gm, node) == 1))
-        self.uniform[node] = mixes or (len(sources) == 1 and all(self.uniform[s] for s in sources))
+        mixes = op.kind == "linear" or (op.kind == "conv" and _groups(self.gm, node) == 1)
+        side_by_side = op.kind in ("concat", "move") and len(sources) > 1  # channels from different tensors
+        self.uniform[node] = mixes or (not side_by_side and all(self.uniform[s] for s in sources))
         return axes
 
     def maps(self, node: fx.Node, axis: int) -> tuple[int | None, list[_Map]]:
         """(the dim holding `axis` in `node`'s output, the maps from its inputs); _Unmapped if unknown."""
         entry = self.axes.get(node)
+        if entry == _TUPLE:
+            raise _Unmapped(f"{describe(self.gm, node)} returns a tuple")
         if isinstance(entry, str):
             raise _Unmapped(entry)
         if entry is None:
@@ -253,6 +262,8 @@ class _Geometry:
         first = node.args[0] if node.args else next(iter(node.kwargs.values()))
         if not isinstance(first, fx.Node) or self.axes.get(first) is None:
             raise _Unmapped("its first argument is not computed from the input")
+        if any(arg is not first and self.axes.get(arg) is not None for arg in node.all_input_nodes):
+            raise _Unmapped("its weights are computed from the input")  # a dynamic conv, attention
         dim, _ = self.maps(first, axis)
         n_in, ndim = (_shape(first)[dim] if dim is not None else 1), len(_shape(first))
         same = [_Map(first, np.eye(n_in, dtype=bool), (1, 0, 0))]
@@ -615,12 +626,15 @@ def gradient_fields(gm: fx.GraphModule, layers: dict[str, tuple[fx.Node, str]], 
     `_Linearized(gm)`, which makes that support the unit's dependency set (see there). `gm` carries shapes.
 
     Cost: a unit's box is its row's y-span × its column's x-span whenever the dependency is separable,
-    which every op with per-axis geometry keeps; so the units (i, i) along the diagonal give every row's
-    and column's span (max(H', W') units) and five more units (corners, centre, random) check that this
-    reproduces their boxes; where a check fails, or a diagonal unit reads nothing, every unit is computed.
+    which every op with per-axis geometry keeps (in a layer laid out otherwise, channels-last say, each span
+    may follow the other index); so the units (i, i) along the diagonal give every row's and column's spans
+    (max(H', W') units) and eight more units (corners, centre, random) check which of these layouts
+    reproduces their boxes; where none does, or a diagonal unit reads nothing, every unit is computed.
     Units are batched: one forward and one backward per layer for as many as fit in `budget` bytes. The run
-    is in float32 (twice as fast as float64 on a CPU), where values can only grow past float32's range, never
-    shrink out of it (see `_Linearized`); a layer whose run overflows is run again in float64.
+    is in float32 (ten times as fast as float64 on a CPU), where values can only grow past float32's range,
+    not shrink out of it (see `_Linearized`); a layer whose run overflows is run again in float64, then
+    (products of activations, as in attention, square their magnitudes) in float64 with every node's output
+    divided by its largest value, a positive constant to autograd, which leaves the gradient's support as it is.
     """
     requests, plans, fields = {}, {}, {}
     for layer, (node, why) in layers.items():
@@ -633,40 +647,55 @@ def gradient_fields(gm: fx.GraphModule, layers: dict[str, tuple[fx.Node, str]], 
         rng = np.random.default_rng(0)
         diag = [(min(i, h - 1), min(i, w - 1)) for i in range(max(h, w))]
         checks = [(0, w - 1), (h - 1, 0), (h // 2, w // 2)] + [(int(rng.integers(h)), int(rng.integers(w)))
-                                                               for _ in range(2)]
+                                                               for _ in range(5)]
         requests[node], plans[layer] = diag + checks, (node, why, diag, checks)
     image = (in_channels, *input_size)
-    boxes = _unit_boxes(gm, requests, image, budget)
-    every = {}
-    for layer, (node, why, diag, checks) in plans.items():
-        h, w = _shape(node)[2:]
-        rows, cols = _spans(boxes[node], diag, h, w)
-        found = boxes[node][len(diag):]
-        separable = all(x1 > x0 for x0, _, x1, _ in boxes[node][:len(diag)]) and all(
-            tuple(b) == (cols[x][0], rows[y][0], cols[x][1], rows[y][1]) for (y, x), b in zip(checks, found))
-        if not separable:
-            every[node] = [(y, x) for y in range(h) for x in range(w)]
-    every_boxes = _unit_boxes(gm, every, image, budget) if every else {}
-    for layer, (node, why, diag, _) in plans.items():
-        h, w = _shape(node)[2:]
-        per_unit = every_boxes[node].reshape(h, w, 4) if node in every_boxes else None
-        if per_unit is not None:
-            rows, cols = _hulls(per_unit)
-        else:
-            rows, cols = _spans(boxes[node], diag, h, w)
+    found = _unit_boxes(gm, requests, image, budget)
+    explained = {node: _explain(found[node], diag, checks, *_shape(node)[2:])
+                 for node, _, diag, checks in plans.values()}
+    every = {node: list(np.ndindex(*_shape(node)[2:])) for node, boxes in explained.items() if boxes is None}
+    if every:  # each unit on its own
+        explained |= {node: boxes.reshape(*_shape(node)[2:], 4)
+                      for node, boxes in _unit_boxes(gm, every, image, budget).items()}
+    for layer, (node, why, _, _) in plans.items():
+        boxes = explained[node]
+        (h, w), (rows, cols) = boxes.shape[:2], _hulls(boxes)
+        product = np.stack(np.broadcast_arrays(cols[None, :, 0], rows[:, None, 0], cols[None, :, 1],
+                                               rows[:, None, 1]), -1)  # rows x columns
         size = (int((rows[:, 1] - rows[:, 0]).max()), int((cols[:, 1] - cols[:, 0]).max()))
         stride = tuple(max(1, round(n / m)) for n, m in zip(input_size, (h, w)))  # clipped spans do not show it
         fields[layer] = ReceptiveField(layer, input_size, (h, w), size, stride, rows, cols, method="gradient",
-                                       note=why, boxes=per_unit)
+                                       note=why, boxes=None if np.array_equal(product, boxes) else boxes)
     return fields
 
 
-def _spans(boxes: np.ndarray, diag: list[tuple[int, int]], h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's [y0, y1) and each column's [x0, x1) from the boxes of the diagonal units (i, i)."""
-    rows, cols = np.zeros((h, 2), int), np.zeros((w, 2), int)
-    for (y, x), (x0, y0, x1, y1) in zip(diag, boxes):
-        rows[y], cols[x] = (y0, y1), (x0, x1)
-    return rows, cols
+def _explain(found: np.ndarray, diag: list[tuple[int, int]], checks: list[tuple[int, int]], h: int, w: int
+             ) -> np.ndarray | None:
+    """Every unit's box (h, w, 4) from the boxes `found` of the diagonal units then the check units, where
+    each image axis' span follows the unit's row index or its column index and the checks agree; else None."""
+    diagonal, checked = found[:len(diag)], found[len(diag):]
+    if not all(x1 > x0 and y1 > y0 for x0, y0, x1, y1 in diagonal):
+        return None
+    spans = {}  # (image axis, unit index it follows) -> (n, 2) spans, None if the diagonal contradicts it
+    for axis, ends in ((0, [1, 3]), (1, [0, 2])):
+        for by, n in ((0, h), (1, w)):
+            span = np.full((n, 2), -1)
+            for unit, box in zip(diag, diagonal):
+                if span[unit[by], 0] >= 0 and tuple(span[unit[by]]) != tuple(box[ends]):
+                    span = None
+                    break
+                span[unit[by]] = box[ends]
+            spans[axis, by] = span
+    index = np.indices((h, w))  # (2, h, w): row, column of every unit
+    for by_y, by_x in ((0, 1), (1, 0), (0, 0), (1, 1)):
+        ys, xs = spans[0, by_y], spans[1, by_x]
+        if ys is None or xs is None:
+            continue
+        y, x = ys[index[by_y]], xs[index[by_x]]  # (h, w, 2)
+        boxes = np.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], -1)
+        if all(tuple(boxes[unit]) == tuple(box) for unit, box in zip(checks, checked)):
+            return boxes
+    return None
 
 
 def _unit_boxes(gm: fx.GraphModule, requests: dict[fx.Node, list[tuple[int, int]]], image: tuple[int, int, int],
@@ -674,12 +703,12 @@ def _unit_boxes(gm: fx.GraphModule, requests: dict[fx.Node, list[tuple[int, int]
     """{node: (units, 4) boxes (x0, y0, x1, y1), half-open} of the input-gradient support of each requested
     unit (y, x) of each node (all channels summed), in float32, and in float64 where float32 overflowed."""
     boxes, overflowed = _unit_boxes_in(_Linearized(gm, torch.float32), requests, image, budget)
+    for runner in (_Linearized(gm, torch.float64), _Linearized(gm, torch.float64, rescale=True)):
+        if overflowed:
+            again, overflowed = _unit_boxes_in(runner, {n: requests[n] for n in overflowed}, image, budget)
+            boxes |= again
     if overflowed:
-        again, still = _unit_boxes_in(_Linearized(gm, torch.float64), {n: requests[n] for n in overflowed}, image,
-                                      budget)
-        if still:
-            raise ModelError(f"the linearized copy of the model overflows float64 at {describe(gm, still[0])}")
-        boxes |= again
+        raise ModelError(f"the linearized copy of the model overflows float64 at {describe(gm, overflowed[0])}")
     return boxes
 
 
@@ -754,9 +783,9 @@ class _Linearized(fx.Interpreter):
     subset of its dependencies.
     """
 
-    def __init__(self, gm: fx.GraphModule, dtype: torch.dtype = torch.float32):
+    def __init__(self, gm: fx.GraphModule, dtype: torch.dtype = torch.float32, rescale: bool = False):
         super().__init__(gm)
-        self.dtype = dtype
+        self.dtype, self.rescale = dtype, rescale
         param = next(gm.parameters(), None)
         self.device = param.device if param is not None else torch.device("cpu")
         self.generator = torch.Generator().manual_seed(0)
@@ -779,6 +808,8 @@ class _Linearized(fx.Interpreter):
     def run_node(self, n: fx.Node):
         self.node = n
         result = super().run_node(n)
+        if self.rescale and isinstance(result, torch.Tensor) and result.is_floating_point() and result.numel():
+            result = result / result.detach().amax().clamp(min=1)  # a positive constant: the support stays
         if n in self.targets:
             self.found[n] = result
             if len(self.found) == len(self.targets):
