@@ -187,7 +187,7 @@ def test_feature_vis_variants_and_plain_on_the_filter_page(tmp_path):
     out = build(load_spec(tmp_path / "spec.yaml"), progress=False, log=lambda *_: None)
     report = json.loads((out / "report.json").read_text())
     fv = report["layers"][1]["filters"][0]["feature_vis"]
-    assert fv["steps"] == 6 and fv["size"] == 28 and len(fv["variants"]) == 1 and fv["plain"]
+    assert fv["steps"] == 6 and fv["size"] == [28, 28] and len(fv["variants"]) == 1 and fv["plain"]
     from PIL import Image
     first, second = (np.asarray(Image.open(out / p)) for p in (fv["image"], fv["variants"][0]["image"]))
     assert first.shape == (28, 28) and not np.array_equal(first, second)
