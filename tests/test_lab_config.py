@@ -57,6 +57,6 @@ def test_vgg19_lab_config_offline(tmp_path, monkeypatch):
     # block3_conv1 reads block2_pool = block2_conv2's channels; expand gave those channels pages
     src = f31["circuits"]["channels"][0]["sources"][0]
     assert src["layer"] == "block2_conv2" and src["page"] and (out / src["page"]).is_file()
-    assert f31["feature_vis"]["size"] == 64 and (out / f31["feature_vis"]["image"]).is_file()
+    assert f31["feature_vis"]["size"] == [64, 64] and (out / f31["feature_vis"]["image"]).is_file()
     assert {a["method"] for a in report["attribution"]["records"]} == {"occlusion", "saliency", "gradcam", "guided_backprop",
                                                             "guided_gradcam"}
