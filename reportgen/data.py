@@ -34,9 +34,10 @@ def to_model_image(img: Image.Image, resize: int | tuple[int, int], crop: int | 
     (aspect kept, bilinear) to the smallest size that covers `resize` (H', W'), then centre-cropped.
 
     Covering (H', W') means the scale max(H'/h, W'/w), each side rounded: for a square `resize` that is
-    torchvision's `Resize(resize)` of the shorter side, and an image of the model's own aspect ratio is used
-    whole. The crop starts at floor((h - H) / 2), floor((w - W) / 2) (torchvision's `CenterCrop` rounds half
-    to even instead: one pixel apart where the margin is odd).
+    torchvision's `Resize(resize)` of the shorter side (which truncates the longer side where this rounds),
+    and an image of the model's own aspect ratio is used whole. The crop starts at floor((h - H) / 2),
+    floor((w - W) / 2) (torchvision's `CenterCrop` rounds half to even: one pixel apart where a margin is
+    odd). Both roundings are kept from the square-only version, so square models read the same pixels.
     """
     (rh, rw), (ch, cw) = as_hw(resize), as_hw(crop)
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):

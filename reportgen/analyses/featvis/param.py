@@ -80,8 +80,7 @@ def _color_matrix(channels: int, decorrelate: bool) -> torch.Tensor:
 
 
 def fourier_image(generators: Sequence[torch.Generator], channels: int, size: int | Sequence[int], *,
-                  sd: float = 0.01,
-                  decay_power: float = 1.0, decorrelate: bool = True, gain: float = 4.0,
+                  sd: float = 0.01, decay_power: float = 1.0, decorrelate: bool = True, gain: float = 4.0,
                   device: str | torch.device = "cpu") -> ImageParam:
     """Images parameterized by their scaled spectrum, in decorrelated colour space, through a sigmoid.
 
