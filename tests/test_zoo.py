@@ -14,11 +14,11 @@ from tests.helpers.zoo import ZOO, build_zoo_model
 
 BLOCK_OUTPUTS = {"resnet18", "resnet50", "densenet121", "mobilenet_v2", "efficientnet_b0", "googlenet",
                  "inception_v3", "shufflenet_v2_x0_5", "squeezenet1_0", "regnet_x_400mf", "convnext_tiny",
-                 "mnasnet0_5", "mobilenet_v3_small"}
+                 "mnasnet0_5", "mobilenet_v3_small", "factory:tests.helpers.cifar_resnet:resnet20"}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, layer, size", ZOO, ids=[z[0] for z in ZOO])
+@pytest.mark.parametrize("name, layer, size", ZOO, ids=[z[0].split(":")[-1] for z in ZOO])
 def test_zoo_model_builds_with_every_section(tmp_path, name, layer, size):
     report, seconds, lines = build_zoo_model(tmp_path, name, layer, size)
     absent = {a["name"]: a["absent"] for a in report["analyses"] if a["absent"]}

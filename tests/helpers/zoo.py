@@ -5,6 +5,10 @@ import json
 import time
 from pathlib import Path
 
+import torch
+import torch.nn.functional as F
+from torch import nn
+
 from reportgen.build import build
 from reportgen.spec import load_spec
 from tests.helpers.tiny import write_imagefolder
@@ -26,13 +30,40 @@ ZOO = [
     ("regnet_x_400mf", "trunk_output.block2", 64),
     ("convnext_tiny", "features.1", 64),
     ("mnasnet0_5", "layers.9", 64),
+    # in the styles of popular repositories: akamaster's CIFAR ResNet-20 (functional ReLUs, option-A pad
+    # shortcut) and a U-Net-like fusion (torch.cat of an interpolated coarse map with a fine one)
+    ("factory:tests.helpers.cifar_resnet:resnet20", "layer2", 32),
+    ("factory:tests.helpers.zoo:fusion_net", "fuse", 48),
 ]
+
+
+class FusionNet(nn.Module):
+    """A fine and a coarse path, the coarse one upsampled with `interpolate` and concatenated to the fine one."""
+
+    def __init__(self):
+        super().__init__()
+        self.fine = nn.Conv2d(3, 8, 3, padding=1)
+        self.coarse = nn.Conv2d(8, 8, 3, stride=2, padding=1)
+        self.fuse = nn.Conv2d(16, 12, 3, padding=1)
+        self.head = nn.Linear(12, 3)
+
+    def forward(self, x):
+        fine = torch.relu(self.fine(x))
+        coarse = F.relu(self.coarse(fine))
+        up = F.interpolate(coarse, size=fine.shape[-2:], mode="bilinear", align_corners=False)
+        out = self.fuse(torch.cat([fine, up], dim=1)).relu()
+        return self.head(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
+def fusion_net() -> FusionNet:
+    torch.manual_seed(0)
+    return FusionNet()
 
 SPEC = """
 title: zoo {name}
 seed: 0
 model:
-  torchvision: {name}
+  {source}
   input_size: {size}
 dataset:
   format: imagefolder
@@ -56,7 +87,8 @@ def build_zoo_model(tmp: Path, name: str, layer: str, size: int) -> tuple[dict, 
     """Build one zoo model's report in `tmp`: (report.json, seconds, log lines)."""
     if not (tmp / "images").is_dir():
         write_imagefolder(tmp / "images", per_class=4, classes=("a", "b", "c"), size=(48, 40))
-    (tmp / "spec.yaml").write_text(SPEC.format(name=name, layer=layer, size=size))
+    source = f"factory: {name.removeprefix('factory:')}" if name.startswith("factory:") else f"torchvision: {name}"
+    (tmp / "spec.yaml").write_text(SPEC.format(name=name, source=source, layer=layer, size=size))
     lines: list[str] = []
     t0 = time.perf_counter()
     out = build(load_spec(tmp / "spec.yaml"), progress=False, log=lines.append)
