@@ -71,7 +71,9 @@ class Context:
     def key(self, *parts) -> str:
         """Cache key of a result that depends on the model, the images used and `parts`."""
         images = hashlib.sha256(self.indices.astype(np.int64).tobytes()).hexdigest()
-        return cache_key(self.model.sha256, self.dataset.fingerprint, images, *parts)
+        m = self.model   # what the model is fed depends on these as much as on the weights
+        fed = (list(m.input_size), list(m.resize_size), m.channels, m.mean, m.std)
+        return cache_key(m.sha256, fed, self.dataset.fingerprint, images, *parts)
 
     def sharded(self, items: list, chunk: int, work) -> dict:
         """`work(my_items) -> {key: value}` on this rank's chunks of `items`, merged over every rank.

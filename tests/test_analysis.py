@@ -224,3 +224,16 @@ def test_a_cold_build_and_a_warm_rebuild_write_the_same_bytes(tmp_path):
     assert lines[-1].endswith("computed: nothing (all cached)")
     assert warm.keys() == cold.keys()
     assert [k for k in cold if cold[k] != warm[k]] == []
+
+
+def test_the_cache_key_follows_what_the_model_is_fed(tmp_path):
+    """Same weights and data, another input size or normalization: nothing may come from the cache."""
+    spec = _spec(tmp_path)
+    build(spec, progress=False, log=lambda *_: None)
+    for change in ("  input_size: 28\n", "  std: [0.25]\n"):
+        new = SPEC.replace(change, {"  input_size: 28\n": "  input_size: [28, 24]\n",
+                                    "  std: [0.25]\n": "  std: [0.3]\n"}[change])
+        (tmp_path / "spec.yaml").write_text(new)
+        lines = []
+        build(load_spec(tmp_path / "spec.yaml"), progress=False, log=lines.append)
+        assert "record" in lines[-1].split("computed: ")[1], (change, lines[-1])
