@@ -17,6 +17,10 @@ goes to the fallback (`gradient_fields`).
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import operator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,10 +30,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.passes.shape_prop import ShapeProp
+from torch.overrides import TorchFunctionMode
 
 from reportgen.errors import ModelError
 
-from .ops import (ELEMENTWISE_KINDS, FUNCTIONS, METHODS, Window, bind_arguments, call_arguments, module_op,
+from .ops import (ELEMENTWISE_KINDS, FUNCTIONS, METHODS, Op, Window, bind_arguments, call_arguments, module_op,
                   node_op, node_windows)
 from .trace import describe, layer_node, trace
 
@@ -52,11 +57,12 @@ class ReceptiveField:
     output_size: tuple[int, int]
     size: tuple[int, int]
     stride: tuple[int, int]
-    rows: np.ndarray  # (H_out, 2) half-open [y0, y1) per output row
+    rows: np.ndarray  # (H_out, 2) half-open [y0, y1) per output row (zeros where `unit_box` answers)
     cols: np.ndarray  # (W_out, 2) half-open [x0, x1) per output column
     method: str = "analytic"
     note: str = ""
     boxes: np.ndarray | None = None  # (H_out, W_out, 4) when a unit's box is not its row's × its column's
+    unit_box: Callable[[int, int], tuple[int, int, int, int]] | None = None  # or computed when asked for
 
     def box(self, y: int, x: int) -> tuple[int, int, int, int]:
         """(x0, y0, x1, y1), half-open, in input pixels, for the unit at output location (y, x);
@@ -65,6 +71,8 @@ class ReceptiveField:
             raise IndexError(f"unit ({y}, {x}) is outside {self.layer!r}'s output of size {self.output_size}")
         if self.boxes is not None:
             return tuple(int(v) for v in self.boxes[y, x])
+        if self.unit_box is not None:
+            return self.unit_box(y, x)
         (y0, y1), (x0, x1) = self.rows[y], self.cols[x]
         return (int(x0), int(y0), int(x1), int(y1)) if y0 < y1 and x0 < x1 else (0, 0, 0, 0)
 
@@ -620,7 +628,8 @@ def _extent_back(m: _Map, span: np.ndarray) -> np.ndarray | None:
 # --- the fallback: the support of the input gradient of a linearized copy ---------------------------------
 
 def gradient_fields(gm: fx.GraphModule, layers: dict[str, tuple[fx.Node, str]], input_size: tuple[int, int],
-                    in_channels: int, budget: int = 2 ** 30) -> dict[str, ReceptiveField]:
+                    in_channels: int, budget: int = 2 ** 30, eager: int = 1024, longest: int = 256
+                    ) -> dict[str, ReceptiveField]:
     """Receptive fields of `layers` {path: (its node in `gm`, why the analytic walk could not map it)}: the
     support of the gradient of each unit (the sum of its channels) with respect to the input, run on
     `_Linearized(gm)`, which makes that support the unit's dependency set (see there). `gm` carries shapes.
@@ -629,7 +638,9 @@ def gradient_fields(gm: fx.GraphModule, layers: dict[str, tuple[fx.Node, str]], 
     which every op with per-axis geometry keeps (in a layer laid out otherwise, channels-last say, each span
     may follow the other index); so the units (i, i) along the diagonal give every row's and column's spans
     (max(H', W') units) and eight more units (corners, centre, random) check which of these layouts
-    reproduces their boxes; where none does, or a diagonal unit reads nothing, every unit is computed.
+    reproduces their boxes; where none does, or a diagonal unit reads nothing, every unit is computed: now
+    when the layer has at most `eager` units, else each unit when its box is first asked for (then kept), as
+    for a layer whose longer side exceeds `longest` (no image's layout: tokens by channels, say).
     Units are batched: one forward and one backward per layer for as many as fit in `budget` bytes. The run
     is in float32 (ten times as fast as float64 on a CPU), where values can only grow past float32's range,
     not shrink out of it (see `_Linearized`); a layer whose run overflows is run again in float64, then
@@ -645,28 +656,54 @@ def gradient_fields(gm: fx.GraphModule, layers: dict[str, tuple[fx.Node, str]], 
             continue
         h, w = shape[2:]
         rng = np.random.default_rng(0)
-        diag = [(min(i, h - 1), min(i, w - 1)) for i in range(max(h, w))]
+        diag = [(min(i, h - 1), min(i, w - 1)) for i in range(max(h, w) if max(h, w) <= longest else 0)]
         checks = [(0, w - 1), (h - 1, 0), (h // 2, w // 2)] + [(int(rng.integers(h)), int(rng.integers(w)))
                                                                for _ in range(5)]
         requests[node], plans[layer] = diag + checks, (node, why, diag, checks)
     image = (in_channels, *input_size)
     found = _unit_boxes(gm, requests, image, budget)
-    explained = {node: _explain(found[node], diag, checks, *_shape(node)[2:])
+    explained = {node: _explain(found[node], diag, checks, *_shape(node)[2:]) if diag else None
                  for node, _, diag, checks in plans.values()}
-    every = {node: list(np.ndindex(*_shape(node)[2:])) for node, boxes in explained.items() if boxes is None}
+    every = {node: list(np.ndindex(*_shape(node)[2:])) for node, boxes in explained.items()
+             if boxes is None and np.prod(_shape(node)[2:]) <= eager}
     if every:  # each unit on its own
         explained |= {node: boxes.reshape(*_shape(node)[2:], 4)
                       for node, boxes in _unit_boxes(gm, every, image, budget).items()}
-    for layer, (node, why, _, _) in plans.items():
-        boxes = explained[node]
-        (h, w), (rows, cols) = boxes.shape[:2], _hulls(boxes)
+    for layer, (node, why, diag, checks) in plans.items():
+        (h, w), boxes = _shape(node)[2:], explained[node]
+        stride = tuple(max(1, round(n / m)) for n, m in zip(input_size, (h, w)))  # clipped spans do not show it
+        if boxes is None:  # too many units to do now: each when asked for, then kept
+            ask = functools.partial(_one_unit_box, gm, node, image, budget)
+            seen = {unit: tuple(int(v) for v in box) for unit, box in zip(diag + checks, found[node])}
+            size = tuple(int(max(box[2 + axis] - box[axis] for box in seen.values())) for axis in (1, 0))
+            fields[layer] = ReceptiveField(layer, input_size, (h, w), size, stride, np.zeros((h, 2), int),
+                                           np.zeros((w, 2), int), method="gradient", note=why,
+                                           unit_box=_Kept(ask, seen))
+            continue
+        rows, cols = _hulls(boxes)
         product = np.stack(np.broadcast_arrays(cols[None, :, 0], rows[:, None, 0], cols[None, :, 1],
                                                rows[:, None, 1]), -1)  # rows x columns
         size = (int((rows[:, 1] - rows[:, 0]).max()), int((cols[:, 1] - cols[:, 0]).max()))
-        stride = tuple(max(1, round(n / m)) for n, m in zip(input_size, (h, w)))  # clipped spans do not show it
         fields[layer] = ReceptiveField(layer, input_size, (h, w), size, stride, rows, cols, method="gradient",
                                        note=why, boxes=None if np.array_equal(product, boxes) else boxes)
     return fields
+
+
+def _one_unit_box(gm: fx.GraphModule, node: fx.Node, image: tuple[int, int, int], budget: int, y: int,
+                  x: int) -> tuple[int, int, int, int]:
+    return tuple(int(v) for v in _unit_boxes(gm, {node: [(y, x)]}, image, budget)[node][0])
+
+
+class _Kept:
+    """A unit's box computed when first asked for, then kept: (y, x) -> box."""
+
+    def __init__(self, compute, known: dict):
+        self.compute, self.known = compute, dict(known)
+
+    def __call__(self, y: int, x: int) -> tuple[int, int, int, int]:
+        if (y, x) not in self.known:
+            self.known[y, x] = self.compute(y, x)
+        return self.known[y, x]
 
 
 def _explain(found: np.ndarray, diag: list[tuple[int, int]], checks: list[tuple[int, int]], h: int, w: int
@@ -777,10 +814,12 @@ class _Linearized(fx.Interpreter):
     - weights read in the forward (`get_attr`) and the parameters and buffers of modules outside the table
       -> random positive values where they are nonzero (a mask's zeros are kept).
     Average pooling, padding, interpolation, concatenation and data movement are linear with nonnegative
-    coefficients already and run as they are. An op outside the table runs as it is on these positive
-    values: exact when its own derivatives are nonnegative (or it moves data); an op that routes gradient
-    by value (sorting, `max` along a dim) or samples data-dependent positions (grid_sample) would give a
-    subset of its dependencies.
+    coefficients already and run as they are. An op outside the table (an fx-wrapped function such as
+    torchvision's windowed attention, a module without an entry) runs on these positive values with the same
+    replacements for the torch functions it calls (`_Replacing`); the rest of what it does is exact when its
+    derivatives are nonnegative (matmul, exp, data movement); an op that routes gradient by value (sorting,
+    `max` along a dim) or samples data-dependent positions (grid_sample) would give a subset of its
+    dependencies.
     """
 
     def __init__(self, gm: fx.GraphModule, dtype: torch.dtype = torch.float32, rescale: bool = False):
@@ -791,6 +830,7 @@ class _Linearized(fx.Interpreter):
         self.generator = torch.Generator().manual_seed(0)
         self.stand_ins: dict[object, torch.Tensor] = {}
         self.node: fx.Node | None = None
+        self.calls = 0  # Linears and convs replaced so far in the node running
 
     def run_to(self, x: torch.Tensor, targets: set[fx.Node]) -> dict[fx.Node, torch.Tensor]:
         """The outputs of `targets` for input `x`, stopping the forward once they are computed."""
@@ -806,7 +846,7 @@ class _Linearized(fx.Interpreter):
         return self.found
 
     def run_node(self, n: fx.Node):
-        self.node = n
+        self.node, self.calls = n, 0
         result = super().run_node(n)
         if self.rescale and isinstance(result, torch.Tensor) and result.is_floating_point() and result.numel():
             result = result / result.detach().amax().clamp(min=1)  # a positive constant: the support stays
@@ -826,8 +866,10 @@ class _Linearized(fx.Interpreter):
         return self.stand_ins[key]
 
     def _dense(self, shape) -> torch.Tensor:
-        """Random weights in [0.5, 1.5) / shape[1] of `shape` (out, in per group, ...), one draw per node."""
-        key = (self.node.name, "weight")
+        """Random weights in [0.5, 1.5) / shape[1] of `shape` (out, in per group, ...), one draw per node and
+        call (an op outside the table may call several Linears)."""
+        self.calls += 1
+        key = (self.node.name, self.calls)
         if key not in self.stand_ins:
             w = 0.5 + torch.rand(tuple(shape), generator=self.generator, dtype=self.dtype)
             self.stand_ins[key] = (w / shape[1]).to(self.device)
@@ -847,7 +889,7 @@ class _Linearized(fx.Interpreter):
         if kind == "linear":
             return F.linear(x, self._dense(module.weight.shape))
         if isinstance(module, nn.MaxPool2d):
-            return _sum_pool(x, node_windows(self.module, self.node), _shape(self.node)[-2:])
+            return _sum_pool(x, node_windows(self.module, self.node), module(x.to("meta")).shape[-2:])
         if isinstance(module, nn.AdaptiveMaxPool2d):
             return F.adaptive_avg_pool2d(x, module.output_size)
         if kind == "layer_norm":
@@ -862,7 +904,8 @@ class _Linearized(fx.Interpreter):
             return module(*args, **kwargs)
         state = {name: self._positive((target, name), t)
                  for name, t in [*module.named_parameters(), *module.named_buffers()]}
-        return torch.func.functional_call(module, state, args, kwargs)
+        with _Replacing(self):
+            return torch.func.functional_call(module, state, args, kwargs)
 
     def call_function(self, target, args, kwargs):
         try:
@@ -870,11 +913,18 @@ class _Linearized(fx.Interpreter):
         except TypeError:  # an unhashable callable is not in the table
             op = None
         surrogate = self._surrogate(op, target, args, kwargs)
-        return target(*args, **kwargs) if surrogate is _KEEP else surrogate
+        if surrogate is not _KEEP:
+            return surrogate
+        with _Replacing(self) if op is None else contextlib.nullcontext():
+            return target(*args, **kwargs)
 
     def call_method(self, target, args, kwargs):
-        surrogate = self._surrogate(METHODS.get(target), target, args, kwargs)
-        return getattr(args[0], target)(*args[1:], **kwargs) if surrogate is _KEEP else surrogate
+        op = METHODS.get(target)
+        surrogate = self._surrogate(op, target, args, kwargs)
+        if surrogate is not _KEEP:
+            return surrogate
+        with _Replacing(self) if op is None else contextlib.nullcontext():
+            return getattr(args[0], target)(*args[1:], **kwargs)
 
     def _surrogate(self, op, target, args, kwargs):
         """The replacement of a function or method call, or _KEEP to run it as it is."""
@@ -884,14 +934,15 @@ class _Linearized(fx.Interpreter):
         if kind in ELEMENTWISE_KINDS:  # (a copy keeps its layout: a `.view()` may follow `.contiguous()`)
             return args[0].contiguous() if name in ("contiguous", "clone") else args[0]
         if kind == "arithmetic":
-            return _positive_arithmetic(name.strip("_"), args, kwargs)
+            return _positive_arithmetic(name, args, kwargs)
         if kind == "conv":
             return F.conv2d(kw["input"], self._dense(kw["weight"].shape), None, kw.get("stride", 1),
                             kw.get("padding", 0), kw.get("dilation", 1), kw.get("groups", 1))
         if kind == "linear":
             return F.linear(kw["input"], self._dense(kw["weight"].shape))
         if target is F.max_pool2d:
-            return _sum_pool(kw["input"], op.windows(kw), _shape(self.node)[-2:])
+            size = F.max_pool2d(kw["input"].to("meta"), *args[1:], **kwargs).shape[-2:]
+            return _sum_pool(kw["input"], op.windows(kw), size)
         if target is F.adaptive_max_pool2d:
             return F.adaptive_avg_pool2d(args[0], args[1] if len(args) > 1 else kwargs["output_size"])
         if kind == "layer_norm":
@@ -914,15 +965,52 @@ _KEEP = object()
 
 
 def _positive_arithmetic(name: str, args, kwargs):
-    """add, sub -> a + |alpha| b; mul -> a b; div -> a b (by a tensor) or a / |b|; neg -> a; scalars made
-    positive, so that every partial derivative is positive on positive values."""
+    """add, sub (and their in-place and reflected forms) -> a + |alpha| b; mul -> a b; div -> a b (by a
+    tensor) or a / |b|; neg -> a; scalars made positive: every partial derivative is positive on positive
+    values. In-place forms stay in place: the forward may read `a` again."""
+    inplace, name = name.endswith("_") and not name.startswith("__"), name.strip("_")
+    if name.startswith("i") and name[1:] in ("add", "sub", "mul", "truediv"):  # iadd, __iadd__: x += y
+        inplace, name = True, name[1:]
     pos = lambda v: abs(v) if isinstance(v, (int, float)) else v  # noqa: E731
     a, b = pos(args[0]), pos(args[1] if len(args) > 1 else kwargs.get("other"))
-    if name == "neg" or b is None:
+    if name in ("neg", "negative") or b is None:
         return a
-    if name in ("add", "iadd", "sub", "isub"):
-        return a + abs(kwargs.get("alpha", 1)) * b
-    return a / b if name in ("truediv", "div") and not isinstance(b, torch.Tensor) else a * b
+    if name in ("add", "radd", "sub", "rsub"):
+        alpha = abs(kwargs.get("alpha", 1))
+        return a.add_(b, alpha=alpha) if inplace else a + alpha * b
+    if name in ("truediv", "rtruediv", "div") and not isinstance(b, torch.Tensor):
+        b = 1 / b if b else 1
+    return a.mul_(b) if inplace else a * b
+
+
+_DUNDERS = {f"__{prefix}{name}__" for name in ("add", "sub", "mul", "truediv") for prefix in ("", "r", "i")} | {
+    "__neg__"}
+
+
+def _table_entry(func) -> Op | None:
+    """The op table's entry of a function a `TorchFunctionMode` sees (a torch function or Tensor method)."""
+    try:
+        op = FUNCTIONS.get(func)
+    except TypeError:  # an unhashable callable is not in the table
+        op = None
+    name = getattr(func, "__name__", "")
+    return op or (FUNCTIONS[operator.add] if name in _DUNDERS else METHODS.get(name))
+
+
+class _Replacing(TorchFunctionMode):
+    """While an op outside the table runs (an fx-wrapped function such as torchvision's windowed attention,
+    a module without an entry), the linearized copy's replacements for the torch functions it calls: its
+    softmax, LayerNorm, Linear and subtractions too."""
+
+    def __init__(self, runner: _Linearized):
+        super().__init__()
+        self.runner = runner
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        op = _table_entry(func)
+        surrogate = self.runner._surrogate(op, func, args, kwargs) if op is not None else _KEEP
+        return func(*args, **kwargs) if surrogate is _KEEP else surrogate
 
 
 def _plus_mean(x: torch.Tensor, dims) -> torch.Tensor:

@@ -19,7 +19,7 @@ import torchvision
 from reportgen.demo import fashion_cnn
 from reportgen.errors import ModelError
 from reportgen.evidence import receptive_fields as evidence_receptive_fields
-from reportgen.graph import ReceptiveField, receptive_field, receptive_fields
+from reportgen.graph import ReceptiveField, receptive, receptive_field, receptive_fields
 from tests.helpers.graph_models import (Branchy, ChannelsLast, CifarResNet, CumsumNet, OddNet, SmallCNN, Transposer,
                                         Upsampler, randomize_batchnorm, torchvision_model)
 
@@ -233,6 +233,33 @@ def test_fallback_computes_every_unit_when_boxes_are_not_separable():
     assert field.box(1, 7) == (0, 0, 9, 9) and field.box(4, 4) == (2, 2, 7, 7)
 
 
+def test_fallback_computes_units_of_large_layers_when_asked(monkeypatch):
+    eager = receptive.gradient_fields(*_traced(Transposer().eval(), "b", (9, 9)), (9, 9), 1)["b"]
+    monkeypatch.setattr(receptive, "_one_unit_box", counting := Counting(receptive._one_unit_box))
+    lazy = receptive.gradient_fields(*_traced(Transposer().eval(), "b", (9, 9)), (9, 9), 1, eager=80)["b"]
+    assert lazy.boxes is None and lazy.unit_box is not None and eager.boxes is not None
+    known = set(lazy.unit_box.known)  # the diagonal's and the checks' units
+    assert {(i, i) for i in range(9)} <= known and len(known) < 9 + 9
+    assert [lazy.box(*u) for u in every_unit((9, 9))] == [eager.box(*u) for u in every_unit((9, 9))]
+    assert [lazy.box(*u) for u in every_unit((9, 9))] == [eager.box(*u) for u in every_unit((9, 9))]
+    assert counting.calls == 81 - len(known)  # each once
+
+
+class Counting:
+    def __init__(self, fn):
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, *args):
+        self.calls += 1
+        return self.fn(*args)
+
+
+def _traced(model, layer, size):
+    gm = receptive.trace(model)
+    receptive._propagate_shapes(gm, model, (1, 1, *size))
+    return gm, {layer: (receptive.layer_node(gm, layer), "asked for")}
+
+
 ZOO = [  # torchvision model, keyword arguments, input size, inner layers, how their fields come
     ("resnet18", {}, 64, ["layer2.0"], "analytic"),
     ("resnet50", {}, 64, ["layer3.1"], "analytic"),
@@ -247,6 +274,7 @@ ZOO = [  # torchvision model, keyword arguments, input size, inner layers, how t
     ("regnet_x_400mf", {}, 64, ["trunk_output.block2"], "analytic"),
     ("convnext_tiny", {}, 64, ["features.1.0", "features.1.0.block.3"], "analytic analytic"),  # channels-last LN
     ("mnasnet0_5", {}, 64, ["layers.9"], "analytic"),
+    ("swin_t", {}, 64, ["features.1.0"], "gradient"),  # windowed attention: an fx-wrapped function
 ]
 
 
