@@ -889,7 +889,7 @@ class _Linearized(fx.Interpreter):
         if kind == "linear":
             return F.linear(x, self._dense(module.weight.shape))
         if isinstance(module, nn.MaxPool2d):
-            return _sum_pool(x, node_windows(self.module, self.node), module(x.to("meta")).shape[-2:])
+            return _sum_pool(x, op.windows(module), module(x.to("meta")).shape[-2:])
         if isinstance(module, nn.AdaptiveMaxPool2d):
             return F.adaptive_avg_pool2d(x, module.output_size)
         if kind == "layer_norm":
