@@ -13,7 +13,8 @@ from .graph import receptive_fields as graph_receptive_fields
 from .graph.receptive import whole_image
 from .record import PENULTIMATE, Evidence, RecordPlan, layer_from_arrays, layer_to_arrays, record
 
-RECORD_VERSION = "record-2"  # bump when the pass's results change meaning (2: skipped images named from the root)
+RECORD_VERSION = "record-3"  # bump when the pass's results change meaning (2: skipped images named from the root;
+                             # 3: each image's top-5 classes)
 
 
 def plan(ctx, layers: dict[str, int]) -> RecordPlan:
@@ -52,7 +53,7 @@ def gather_evidence(ctx) -> None:
 
 def _predictions_to_arrays(ev: Evidence) -> dict:
     order = sorted(ev.sample_probs)
-    out = {"pred_index": ev.pred_index, "preds": ev.preds, "prob_index": np.array(order, np.int64),
+    out = {"pred_index": ev.pred_index, "preds": ev.preds, "top5": ev.top5, "prob_index": np.array(order, np.int64),
            "probs": np.stack([ev.sample_probs[i] for i in order]) if order else np.zeros((0, 1)),
            "meta": {"skipped": [[int(i), m] for i, m in ev.skipped]}}
     if PENULTIMATE in ev.layers:
@@ -66,7 +67,7 @@ def _evidence(ctx, hits: dict) -> Evidence:
     pen = {k[4:]: v for k, v in p.items() if k.startswith("pen_")}
     if pen:
         layers[PENULTIMATE] = layer_from_arrays(pen)
-    ev = Evidence(layers, p["pred_index"], p["preds"], dict(zip(p["prob_index"].tolist(), p["probs"])),
+    ev = Evidence(layers, p["pred_index"], p["preds"], p["top5"], dict(zip(p["prob_index"].tolist(), p["probs"])),
                   [(int(i), m) for i, m in p["meta"]["skipped"]])
     if ev.skipped:
         names = ", ".join(ctx.dataset.names[i] for i, _ in ev.skipped[:3])

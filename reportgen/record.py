@@ -72,6 +72,7 @@ class Evidence:
     layers: dict[str, LayerEvidence]
     pred_index: np.ndarray       # (N,) dataset indices seen
     preds: np.ndarray            # (N,) predicted class
+    top5: np.ndarray             # (N, min(5, outputs)) the most probable classes, most probable first
     sample_probs: dict           # dataset index -> (num_outputs,) float32 softmax
     skipped: list                # [(dataset index, message)] unreadable images
 
@@ -81,6 +82,7 @@ class Evidence:
         idx = np.concatenate([self.pred_index, other.pred_index])
         order = np.argsort(idx, kind="stable")
         self.pred_index, self.preds = idx[order], np.concatenate([self.preds, other.preds])[order]
+        self.top5 = np.concatenate([self.top5, other.top5])[order]
         self.sample_probs.update(other.sample_probs)
         self.skipped = sorted(self.skipped + other.skipped)
 
@@ -163,7 +165,7 @@ def record(model: nn.Module, normalize, dataset: Dataset, indices: np.ndarray, p
     loader = torch.utils.data.DataLoader(TorchView(dataset, indices, plan.raise_errors), batch_size=plan.batch_size,
                                          num_workers=plan.workers, collate_fn=collate,
                                          pin_memory=device.startswith("cuda"))
-    pred_index, preds, probs, skipped = [], [], {}, []
+    pred_index, preds, top5, probs, skipped = [], [], [], {}, []
     with tqdm(total=len(indices), unit="img", desc="dataset pass", disable=not progress, leave=False) as bar, \
             recording_hooks(model, list(layers), on_output), torch.inference_mode():
         for idx_t, imgs, bad in loader:
@@ -178,13 +180,15 @@ def record(model: nn.Module, normalize, dataset: Dataset, indices: np.ndarray, p
                 p = logits.float().softmax(1).cpu()
                 pred_index.append(idx_t.numpy())
                 preds.append(p.argmax(1).numpy())
+                top5.append(p.topk(min(5, p.shape[1]), 1).indices.numpy())   # for top-5 accuracy
                 for row, i in enumerate(idx_t.tolist()):
                     if i in samples:
                         probs[i] = p[row].numpy()
             bar.update(len(idx_t) + len(bad))
     pen = ev.pop(PENULTIMATE, None)
     evidence = Evidence(ev, np.concatenate(pred_index) if pred_index else np.zeros(0, np.int64),
-                        np.concatenate(preds) if preds else np.zeros(0, np.int64), probs, sorted(skipped))
+                        np.concatenate(preds) if preds else np.zeros(0, np.int64),
+                        np.concatenate(top5) if top5 else np.zeros((0, 5), np.int64), probs, sorted(skipped))
     if pen is not None:
         evidence.layers[PENULTIMATE] = pen
     return evidence
