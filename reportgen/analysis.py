@@ -14,6 +14,7 @@ An analysis is one computation of the report, in one module of `reportgen/analys
         def applies(self, ctx, layer=None):  # None, or the reason it cannot run (shown in the report)
         def compute(self, ctx, layer):       # → Artifact: numpy arrays (+ JSON-able `meta`); cached by content
         def report(self, ctx, artifact, out):  # artifact → numbers and names in the report, plus figures
+        def cost(self, ctx, layer=None):     # → timing.Work: what compute() will do, for the up-front estimate
 
 Only `compute` is expensive, and it runs only on a cache miss: the key hashes the model, the dataset,
 the images used, the dataset pass's settings, the analysis' name, version and spec section, and the layer.
@@ -38,6 +39,7 @@ from .errors import ReportgenError
 from .layers import Layer, LayerInfo
 from .models import LoadedModel
 from .spec import Spec
+from .timing import Probe, Timer, Work
 
 Artifact = dict   # {name: np.ndarray, ..., "meta": JSON-able dict}: what the cache stores
 
@@ -62,6 +64,7 @@ class Context:
     evidence_key: str = ""             # the dataset pass's cache key: results that read evidence depend on it
     computed: list[str] = field(default_factory=list)     # "name" or "name:layer" computed (not cached) this build
     strict: bool = False               # a part of the report that cannot be made is an error, not a note
+    timer: Timer = field(default_factory=Timer)   # where the build's time goes (timing.py)
 
     def batch(self, indices) -> torch.Tensor:
         """Dataset images by index → the normalized (B, C, H, W) float batch on the build's device."""
@@ -138,6 +141,10 @@ class Analysis:
     def report(self, ctx: Context, artifact, out) -> None:
         """Lay `artifact` out (a dict {layer path: artifact} for a per-layer analysis) through `out`."""
         raise NotImplementedError
+
+    def cost(self, ctx: Context, layer: Layer | None = None) -> Work | None:
+        """What `compute` will do (on `layer`), counted for the up-front estimate; None: too little to price."""
+        return None
 
 
 @dataclass
@@ -218,17 +225,25 @@ def run_analyses(ctx: Context, outcomes: dict[str, Outcome]) -> dict[str, Outcom
         if o.absent:
             continue
         if not a.per_layer:
-            o.artifact, o.absent = _guarded(ctx, a, None)
+            o.artifact, o.absent = _timed(ctx, a, None)
             continue
         o.artifact = {}
         for layer in o.wanted:
             if layer.path not in o.layers_absent:
-                art, why = _guarded(ctx, a, layer)
+                art, why = _timed(ctx, a, layer)
                 if why:
                     o.layers_absent[layer.path] = why
                 else:
                     o.artifact[layer.path] = art
     return outcomes
+
+
+def _timed(ctx: Context, a: Analysis, layer: Layer | None) -> tuple[Artifact | None, str | None]:
+    """`_guarded`, then a lap of the build's timer: the row says whether the result came from the cache."""
+    art, why = _guarded(ctx, a, layer)
+    computed = f"{a.name}:{layer.name}" if layer else a.name
+    ctx.timer.lap(a.name, layer.name if layer else None, cached=why is None and computed not in ctx.computed)
+    return art, why
 
 
 def _guarded(ctx: Context, a: Analysis, layer: Layer | None) -> tuple[Artifact | None, str | None]:
@@ -249,11 +264,29 @@ def _guarded(ctx: Context, a: Analysis, layer: Layer | None) -> tuple[Artifact |
         return None, why
 
 
-def _cached(ctx: Context, a: Analysis, layer: Layer | None) -> Artifact:
+def estimate_analyses(ctx: Context, outcomes: dict[str, Outcome], probe: Probe) -> dict[tuple[str, str | None], float]:
+    """{(analysis, layer name or None): estimated seconds} of what `run_analyses` will compute; cached parts
+    cost 0. Needs `ctx.evidence_key`, known before the pass (evidence.pass_keys)."""
+    out = {}
+    for o in outcomes.values():
+        a = o.analysis
+        if o.absent:
+            continue
+        for layer in [l for l in o.wanted if l.path not in o.layers_absent] if a.per_layer else [None]:
+            work = None if ctx.cache.has(a.name, result_key(ctx, a, layer)) else a.cost(ctx, layer)
+            out[(a.name, layer.name if layer else None)] = probe.price(work) if work else 0.0
+    return out
+
+
+def result_key(ctx: Context, a: Analysis, layer: Layer | None) -> str:
+    """The cache key of `a`'s result (on `layer`)."""
     settings = a.settings(ctx)
-    key = ctx.key(a.name, a.version, settings.model_dump(mode="json") if settings is not None else None,
-                  ctx.evidence_key, ctx.spec.seed, a.key_parts(ctx),
-                  (layer.path, layer.filters) if layer else None)
+    return ctx.key(a.name, a.version, settings.model_dump(mode="json") if settings is not None else None,
+                   ctx.evidence_key, ctx.spec.seed, a.key_parts(ctx), (layer.path, layer.filters) if layer else None)
+
+
+def _cached(ctx: Context, a: Analysis, layer: Layer | None) -> Artifact:
+    key = result_key(ctx, a, layer)
     hit = ctx.cache.load(a.name, key)
     if hit is not None:
         return hit

@@ -76,6 +76,10 @@ class Cache:
         base = self.root / kind / key
         return base.with_suffix(".npz"), base.with_suffix(".sha256")
 
+    def has(self, kind: str, key: str) -> bool:
+        """Whether an entry is stored, without reading it (a corrupt one shows when `load` reads it)."""
+        return self.enabled and self._paths(kind, key)[0].is_file()
+
     def load(self, kind: str, key: str) -> dict | None:
         """The entry's arrays (and `meta` dict), or None if absent, disabled or corrupt."""
         if not self.enabled:

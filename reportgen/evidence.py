@@ -12,6 +12,7 @@ from .graph import receptive_field
 from .graph import receptive_fields as graph_receptive_fields
 from .graph.receptive import whole_image
 from .record import PENULTIMATE, Evidence, RecordPlan, layer_from_arrays, layer_to_arrays, record
+from .timing import Work
 
 RECORD_VERSION = "record-3"  # bump when the pass's results change meaning (2: skipped images named from the root;
                              # 3: each image's top-5 classes)
@@ -26,12 +27,23 @@ def plan(ctx, layers: dict[str, int]) -> RecordPlan:
                       device=ctx.device, raise_errors=d.on_error == "raise")
 
 
-def gather_evidence(ctx) -> None:
-    r = ctx.spec.record
-    params = r.model_dump(mode="json") | {"samples": ctx.samples.tolist()}   # every record key
-    ctx.evidence_key = ctx.key(RECORD_VERSION, params)
+def pass_keys(ctx) -> tuple[str, dict[str, str]]:
+    """(the pass's key, {layer path or PENULTIMATE: the cache key of its part}): known before the pass."""
+    params = ctx.spec.record.model_dump(mode="json") | {"samples": ctx.samples.tolist()}   # every record key
     keys = {l.path: ctx.key(RECORD_VERSION, "layer", l.path, params) for l in ctx.layers}
     keys[PENULTIMATE] = ctx.key(RECORD_VERSION, "predictions", params)
+    return ctx.key(RECORD_VERSION, params), keys
+
+
+def pass_cost(ctx) -> Work | None:
+    """The pass's work for the up-front estimate: every image read and run forward, unless all is cached."""
+    if all(ctx.cache.has("record", k) for k in pass_keys(ctx)[1].values()):
+        return None
+    return Work(forward=len(ctx.indices), loads=len(ctx.indices))
+
+
+def gather_evidence(ctx) -> None:
+    ctx.evidence_key, keys = pass_keys(ctx)
     hits = {p: ctx.cache.load("record", k) for p, k in keys.items()}
     missing = {l.path: l.channels for l in ctx.layers if hits[l.path] is None}
     if not missing and hits[PENULTIMATE] is not None:
