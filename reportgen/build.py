@@ -17,6 +17,7 @@ from .data import load_dataset, sample_indices, subset_indices
 from .distributed import SINGLE, Group
 from .errors import SpecError
 from .evidence import gather_evidence, receptive_fields
+from .labels import match_labels
 from .layers import list_layers, resolve_layers
 from .models import load_model
 from .output import check_output, write_site
@@ -41,8 +42,7 @@ def prepare(spec: Spec, use_cache: bool = True, log=print, group: Group = SINGLE
     torch.manual_seed(spec.seed)
     model = load_model(spec.model, spec.spec_path)
     dataset = load_dataset(spec.dataset, model.input_size, model.resize_size, model.channels)
-    if spec.model.classes is None and model.classes == [f"class {i}" for i in range(len(dataset.classes))]:
-        model.classes = list(dataset.classes)  # an unnamed head over the dataset's classes: use their names
+    match_labels(dataset, model, spec.dataset, named=spec.model.classes is not None)  # labels → model outputs
     infos = list_layers(model.module.cpu(), model.input_size, model.channels)
     model.module.to(device)
     layers = resolve_layers(model.module, spec.layers, model.input_size, model.channels)

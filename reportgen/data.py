@@ -21,6 +21,7 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 
 from .errors import DataError, SpecError
 from .idx import FASHION_MNIST_CLASSES, MNIST_CLASSES, find_idx_file, load_idx_split
+from .labels import label_for, read_labels_file
 from .models import as_hw
 from .spec import DatasetSpec
 
@@ -70,6 +71,7 @@ class Dataset:
     fingerprint: str
     names: list[str]         # a short name per image ('cat/img0.png' relative to the root, or 'test[123]')
     _reader: object          # callable(index) -> uint8 (C, H, W), raises DataError
+    class_ids: list[str] | None = None   # a stable id per class where one exists (ImageNet's WNIDs), see labels.py
 
     def image(self, index: int) -> np.ndarray:
         return self._reader(index)
@@ -145,11 +147,14 @@ def load_dataset(spec: DatasetSpec, input_size: int | tuple[int, int], resize: i
         reader = _ArrayReader(images, resize, input_size, channels)
         names = [f"{spec.split}[{i}]" for i in range(len(labels))]
     else:
-        names, labels, classes = _scan_imagefolder(root)
+        if spec.labels_file is None:
+            names, labels, classes = _scan_imagefolder(root)
+        else:
+            names, labels, classes = _scan_labelled(root, read_labels_file(spec.labels_file))
         reader = _FileReader(root, names, resize, input_size, channels)
         h = hashlib.sha256()
-        for name in names:
-            h.update(f"{name}:{(root / name).stat().st_size};".encode())
+        for name, label in zip(names, labels):   # the label too: a labels_file can change without the images
+            h.update(f"{name}:{(root / name).stat().st_size}:{classes[label]};".encode())
         digest = h.hexdigest()
     if len(labels) == 0:
         raise DataError(f"{root}: the dataset is empty")
@@ -202,22 +207,17 @@ def _scan_imagefolder(root: Path) -> tuple[list[str], np.ndarray, list[str]]:
     that turn out unreadable are skipped later. A class folder without images stays a class (warned): leaving
     it out would shift the labels of the classes after it away from the model's outputs.
     """
-    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension, make_dataset
+    from torchvision.datasets.folder import make_dataset
 
     # not torchvision's find_classes: it counts hidden folders as classes
     classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
     if not classes:
-        raise DataError(f"{root}: no class folder (an ImageFolder root holds one sub-folder per class)")
-
-    def is_image(path: str) -> bool:
-        hidden = any(part.startswith(".") for part in Path(path).relative_to(root).parts)
-        return not hidden and has_file_allowed_extension(path, IMG_EXTENSIONS)
-
-    samples = make_dataset(str(root), {c: i for i, c in enumerate(classes)}, is_valid_file=is_image,
-                           allow_empty=True)
+        raise DataError(f"{root}: no class folder (an ImageFolder root holds one sub-folder per class; "
+                        "a flat folder of images needs dataset.labels_file)")
+    samples = make_dataset(str(root), {c: i for i, c in enumerate(classes)},
+                           is_valid_file=lambda p: _is_image(root, p), allow_empty=True)
     if not samples:
-        endings = ", ".join(IMG_EXTENSIONS[:-1]) + f" or {IMG_EXTENSIONS[-1]}"
-        raise DataError(f"{root}: the dataset is empty (no file ending in {endings} in its class folders)")
+        raise DataError(f"{root}: the dataset is empty (no file ending in {_endings()} in its class folders)")
     labels = np.array([c for _, c in samples], np.int64)
     empty = np.flatnonzero(np.bincount(labels, minlength=len(classes)) == 0)
     if len(empty):
@@ -225,6 +225,36 @@ def _scan_imagefolder(root: Path) -> tuple[list[str], np.ndarray, list[str]]:
         warnings.warn(f"dataset.root: no image in class folder{'s' if len(empty) > 1 else ''} {folders}; kept, so "
                       "that the other classes keep their labels", stacklevel=3)
     return [Path(p).relative_to(root).as_posix() for p, _ in samples], labels, classes
+
+
+def _is_image(root: Path, path: str) -> bool:
+    """An image file by torchvision's IMG_EXTENSIONS (any case), not hidden (`.DS_Store`, `._img.jpg`, `.git/`)."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+
+    hidden = any(part.startswith(".") for part in Path(path).relative_to(root).parts)
+    return not hidden and has_file_allowed_extension(path, IMG_EXTENSIONS)
+
+
+def _endings() -> str:
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+    return ", ".join(IMG_EXTENSIONS[:-1]) + f" or {IMG_EXTENSIONS[-1]}"
+
+
+def _scan_labelled(root: Path, table: dict[str, str]) -> tuple[list[str], np.ndarray, list[str]]:
+    """Every image under `root` (sorted, any depth), labelled by `table` (see `labels.read_labels_file`):
+    (names relative to `root`, POSIX; labels; classes = the labels' distinct keys, sorted)."""
+    names = sorted(Path(d, f).relative_to(root).as_posix() for d, _, files in os.walk(root) for f in files
+                   if _is_image(root, os.path.join(d, f)))
+    if not names:
+        raise DataError(f"{root}: the dataset is empty (no file ending in {_endings()})")
+    keys = [label_for(table, n) for n in names]
+    unlabelled = [n for n, k in zip(names, keys) if k is None]
+    if unlabelled:
+        raise SpecError("dataset.labels_file", f"has no label for {len(unlabelled)} of the {len(names)} images "
+                                               f"in dataset.root, e.g. {unlabelled[0]!r}")
+    classes = sorted(set(keys))
+    index = {k: i for i, k in enumerate(classes)}
+    return names, np.array([index[k] for k in keys], np.int64), classes
 
 
 def subset_indices(size: int, limit: int | None, seed: int) -> np.ndarray:

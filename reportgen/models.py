@@ -23,6 +23,7 @@ import torchvision
 from torch import nn
 
 from .errors import ModelError, SpecError
+from .imagenet import imagenet_class_ids
 from .spec import ModelSpec
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -40,6 +41,7 @@ class LoadedModel:
     sha256: str
     source: str              # a human description, for the overview page
     meta: dict = field(default_factory=dict)
+    class_ids: list[str] | None = None   # ImageNet-1k's WNIDs in output order when the classes are ImageNet's
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, C, H, W) → the float input the model expects, on the images' device."""
@@ -106,7 +108,8 @@ def _describe(module: nn.Module, spec: ModelSpec, info: dict) -> LoadedModel:
     resize = as_hw(info.get("resize_size") or input_size)
     resize = (max(resize[0], input_size[0]), max(resize[1], input_size[1]))
     return LoadedModel(module, classes, input_size, resize, channels, list(mean), list(std),
-                       weights_sha256(module), info["source"], {k: v for k, v in info.items() if k == "weights"})
+                       weights_sha256(module), info["source"], {k: v for k, v in info.items() if k == "weights"},
+                       class_ids=imagenet_class_ids(classes, len(classes)))
 
 
 def _classes(spec: ModelSpec, info: dict, module: nn.Module, channels: int, input_size) -> list[str]:

@@ -88,6 +88,21 @@ class DatasetSpec(_Section):
     samples: int = Field(8, ge=1, le=64, description="sample images for predictions and activation maps")
     batch_size: int = Field(64, ge=1, le=4096)
     workers: int = Field(0, ge=0, le=64)
+    labels: Literal["auto", "folder"] = Field(
+        "auto", description="imagefolder: match class folders to the model's classes (by ImageNet synset ID or "
+                            "name), or 'folder' to trust folder order (folder i = output i); see labels.py")
+    labels_file: Path | None = Field(
+        None, description="imagefolder without class folders (the ILSVRC val): the devkit folder, Kaggle's "
+                          "LOC_val_solution.csv, or a 'file,label' CSV")
+
+    @model_validator(mode="after")
+    def _labels_file(self):
+        if self.labels_file is not None and self.format != "imagefolder":
+            raise ValueError(f"'labels_file' is for imagefolder datasets; {self.format} has its own labels")
+        if self.labels_file is not None and self.labels == "folder":
+            raise ValueError("'labels: folder' trusts class folders' order, but 'labels_file' gives the labels; "
+                             "remove one of them")
+        return self
 
 
 FilterSel = Union[list[int], str, int]
@@ -268,6 +283,8 @@ def _resolve_paths(spec: Spec, base: Path) -> Spec:
     spec.spec_path = base
     spec.output = rel(spec.output)
     spec.dataset.root = rel(spec.dataset.root)
+    if spec.dataset.labels_file:
+        spec.dataset.labels_file = rel(spec.dataset.labels_file)
     if spec.model.checkpoint:
         spec.model.checkpoint = rel(spec.model.checkpoint)
     if isinstance(spec.model.classes, Path):
