@@ -90,6 +90,22 @@ class Context:
             merged.update(part)
         return merged
 
+    def cached_parts(self, kind: str, key: str, items: list, chunk: int, work) -> list[Artifact]:
+        """`work(part) -> Artifact` on each run of `chunk` consecutive `items`, every part cached on its own
+        (under `key` and its items), split across ranks round-robin; every part's artifact, in order.
+
+        A long computation stopped midway (killed, interrupted) and run again recomputes only the parts it
+        had not finished. A part's result must depend only on its items, as for `sharded`.
+        """
+        parts = [list(items[s:s + chunk]) for s in range(0, len(items), chunk)]
+        cache = Cache(self.cache.root, self.cache.enabled)   # every rank stores its own parts
+        mine = {i: cache.get_or_compute(kind, cache_key(key, parts[i]), lambda p=parts[i]: work(p))
+                for i in range(self.group.rank, len(parts), self.group.world)}
+        merged: dict = {}
+        for got in self.group.all_gather(mine):
+            merged.update(got)
+        return [merged[i] for i in range(len(parts))]
+
     @property
     def predictions(self) -> dict[int, int]:
         """dataset index → predicted class, for every image the pass saw."""

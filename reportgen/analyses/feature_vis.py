@@ -2,6 +2,8 @@
 filters, with variants and optionally the plain ascent beside it), and the class models of the overview.
 """
 
+from dataclasses import asdict
+
 import numpy as np
 from pydantic import BaseModel, Field
 from tqdm import tqdm
@@ -14,30 +16,48 @@ CURVE_POINTS = 48   # the objective curve is kept at this many steps
 
 
 def _synthesize(ctx, layer_path, units: list[int], kind: str, regularize: bool, label: str, variants: int = 1) -> dict:
-    """Images for `units`, split across ranks in whole batches; arrays with the variants of a unit adjacent."""
+    """Images for `units`, arrays with the variants of a unit adjacent. Computed and cached one optimizer batch
+    at a time (split across ranks): a build stopped midway loses at most the batch it was on."""
     s = ctx.spec.feature_vis
-    steps, variants = s.steps, variants
     diversity = s.diversity if variants > 1 else 0.0
-    batch = 64 if ctx.device == "cpu" else 256
+    param = Parameterization(ctx.model.channels, ctx.model.mean, ctx.model.std, size=image_size(ctx),
+                             fourier=regularize)
+    transforms = RandomAffine() if regularize else None
+    optimizer = _optimizer(ctx, layer_path, kind)
+    key = ctx.key("featvis-part", PART_VERSION, layer_path, kind, variants, diversity, asdict(param),
+                  transforms and asdict(transforms), asdict(optimizer))
 
-    def work(mine: list[int]) -> dict:
-        with tqdm(total=len(mine) * variants * steps, unit="img·step", desc=label, leave=False,
-                  disable=not (ctx.progress and ctx.group.is_main)) as bar:
-            param = Parameterization(ctx.model.channels, ctx.model.mean, ctx.model.std, size=image_size(ctx),
-                                     fourier=regularize)
-            res = synthesize(ctx.model.module, Objective(layer_path, mine, kind, variants, diversity), param,
-                             RandomAffine() if regularize else None,
-                             Optimizer(steps=steps, lr=s.lr, seed=ctx.spec.seed, batch_size=batch),
-                             device=ctx.device, progress=bar.update)
-        # variant v of unit u is row n with n % variants == v
-        return {(int(u), n % variants): (res.images[n], float(res.activation[n]), _curve(res.curve[n]))
-                for n, u in enumerate(res.units)}
+    with tqdm(total=len(units) * variants * optimizer.steps, unit="img·step", desc=label, leave=False,
+              disable=not (ctx.progress and ctx.group.is_main)) as bar:
+        def work(part: list[int]) -> dict:
+            res = synthesize(ctx.model.module, Objective(layer_path, part, kind, variants, diversity), param,
+                             transforms, optimizer, device=ctx.device, progress=bar.update)
+            return {"images": res.images, "activation": res.activation.astype(np.float64),
+                    "curve": res.curve[:, _curve_steps(optimizer.steps)]}
 
-    merged = ctx.sharded(units, batch, work)
-    rows = [(u, v) for u in units for v in range(variants)]
-    return {"units": np.array(units, np.int64), "images": np.stack([merged[r][0] for r in rows]),
-            "activation": np.array([merged[r][1] for r in rows], np.float64),
-            "curve_steps": _curve_steps(steps), "curve": np.stack([merged[r][2] for r in rows])}
+        # no units: no parts, and the arrays' shapes come from an empty synthesis
+        parts = ctx.cached_parts("featvis", key, units, max(1, optimizer.batch_size // variants), work) \
+            or [work([])]
+    return {"units": np.array(units, np.int64), "curve_steps": _curve_steps(optimizer.steps),
+            **{k: np.concatenate([p[k] for p in parts]) for k in ("images", "activation", "curve")}}
+
+
+PART_VERSION = 1        # bump when a part's result changes meaning: the parts' cache keys change
+
+
+def _optimizer(ctx, layer_path: str | None, kind: str) -> Optimizer:
+    """The loop's settings for a layer: `feature_vis`'s, coarse to fine where the layer's output allows it."""
+    s = ctx.spec.feature_vis
+    batch = s.batch_size or (64 if ctx.device == "cpu" else 256)
+    # Smaller images need a model that takes any size (not the class logits of a fixed-size flatten) and
+    # room left: below 64 px the coarse stages would shrink deep layers to nothing.
+    coarse = s.progressive and kind != "logit" and min(image_size(ctx)) >= MIN_PROGRESSIVE
+    return Optimizer(steps=s.steps, lr=s.lr, seed=ctx.spec.seed, batch_size=batch,
+                     sizes=PROGRESSIVE_SIZES if coarse else (1.0,), lr_final=s.lr_final)
+
+
+PROGRESSIVE_SIZES = (0.5, 0.75, 1.0)    # image side by thirds of the steps (`feature_vis.progressive`)
+MIN_PROGRESSIVE = 64
 
 
 def image_size(ctx) -> tuple[int, int]:
@@ -48,10 +68,6 @@ def image_size(ctx) -> tuple[int, int]:
 
 def _curve_steps(steps: int) -> np.ndarray:
     return np.unique(np.linspace(0, steps - 1, min(CURVE_POINTS, steps)).round().astype(np.int64))
-
-
-def _curve(values: np.ndarray) -> np.ndarray:
-    return values[_curve_steps(len(values))]
 
 
 class Curve(BaseModel):

@@ -3,13 +3,16 @@
 `Parameterization` is the configuration (which parameterization, image size (H, W) and channels, the model's
 input normalization); its `images(generators, device)` builds the tensors. A parameterization returns an
 `ImageParam`: the tensors the optimizer updates, a function that turns them into pixels in [0, 1]
-(N, C, H, W), and a projection run after every optimizer step.
+(N, C, H, W) — at the full size, or at a smaller one for coarse-to-fine optimization — and a projection run
+after every optimizer step.
 
 - `fourier_image`: the image's 2-D spectrum, scaled by 1/frequency, colours decorrelated, squashed by a
   sigmoid. Gradient ascent then moves low frequencies as easily as high ones and stays inside valid pixels,
   which is what removes the high-frequency noise of plain ascent (Olah et al., Distill 2017, "Feature
-  Visualization", section "Preconditioning and Parameterization").
-- `pixel_image`: raw pixels, clipped to [0, 1] after each step: the plain ascent, shown for comparison.
+  Visualization", section "Preconditioning and Parameterization"). At a smaller size it renders only the
+  spectrum's lowest frequencies: the same image, ideally low-passed and resampled.
+- `pixel_image`: raw pixels, clipped to [0, 1] after each step: the plain ascent, shown for comparison;
+  at a smaller size, resampled with antialiasing.
 
 Every image draws its initial values from its own `torch.Generator`, so an image never depends on the
 other images of its batch. A size is (H, W), or an int for a square.
@@ -19,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from reportgen.errors import SpecError
 
@@ -34,11 +38,12 @@ class ImageParam:
     """A batch of N images as trainable tensors.
 
     params: the leaf tensors the optimizer updates.
-    image(): (N, C, H, W) float pixels in [0, 1], differentiable w.r.t. `params`.
+    image(size=None): (N, C, h, w) float pixels in [0, 1], differentiable w.r.t. `params`; (h, w) = `size`, or
+        the full (H, W) when None. A smaller size shows the same image at a lower resolution.
     project(): keeps `params` valid after an optimizer step (a no-op where `image()` is valid by construction).
     """
     params: list[torch.Tensor]
-    image: Callable[[], torch.Tensor]
+    image: Callable[..., torch.Tensor]
     project: Callable[[], None] = field(default=lambda: None)
 
 
@@ -94,13 +99,29 @@ def fourier_image(generators: Sequence[torch.Generator], channels: int, size: in
     scale = (frequency_scale(size, decay_power) * gain).to(device)   # (H, W//2+1)
     color = _color_matrix(channels, decorrelate).to(device)          # (C, C)
 
-    def image() -> torch.Tensor:
+    def image(size: int | Sequence[int] | None = None) -> torch.Tensor:
+        out = hw(size) if size is not None else (h, w)
         coeffs = torch.view_as_complex(spectrum) * scale                        # (N, C, H, W//2+1)
-        logits = torch.fft.irfft2(coeffs, s=(h, w), norm="ortho")               # (N, C, H, W)
+        if out != (h, w):
+            coeffs = low_frequencies(coeffs, (h, w), out)
+        logits = torch.fft.irfft2(coeffs, s=out, norm="ortho")                  # (N, C, h, w)
         logits = torch.einsum("ij,njhw->nihw", color, logits)
         return torch.sigmoid(logits)
 
     return ImageParam([spectrum], image)
+
+
+def low_frequencies(coeffs: torch.Tensor, full: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+    """The rfft2 bins (..., H, W//2+1) of a `full` (H, W) image that a smaller `size` (h, w) keeps, rescaled so
+    that the (h, w) inverse transform (norm "ortho") has the pixel values of the (H, W) one: the image
+    low-passed to the smaller grid's frequencies and sampled on it."""
+    (big_h, big_w), (h, w) = full, size
+    if h > big_h or w > big_w:
+        raise ValueError(f"size {size} is larger than the image's {full}")
+    # fftfreq order: row 0 and the positive frequencies first, the negative ones at the end.
+    rows = torch.cat([coeffs[..., :(h + 1) // 2, :], coeffs[..., big_h - h // 2:, :]], dim=-2)
+    # "ortho" divides by sqrt(pixels): fewer pixels would brighten every frequency by sqrt(H W / (h w)).
+    return rows[..., :w // 2 + 1] * ((h * w) / (big_h * big_w)) ** 0.5
 
 
 def pixel_image(generators: Sequence[torch.Generator], channels: int, size: int | Sequence[int], *,
@@ -112,7 +133,12 @@ def pixel_image(generators: Sequence[torch.Generator], channels: int, size: int 
         with torch.no_grad():
             pixels.clamp_(0.0, 1.0)
 
-    return ImageParam([pixels], lambda: pixels, project)
+    def image(size: int | Sequence[int] | None = None) -> torch.Tensor:
+        if size is None or hw(size) == tuple(pixels.shape[-2:]):
+            return pixels
+        return F.interpolate(pixels, size=hw(size), mode="bilinear", antialias=True, align_corners=False)
+
+    return ImageParam([pixels], image, project)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ initial values and its warps, seeded from (seed, unit, variant)) and, with Adam,
 step sizes, so an image is the same whether it is rendered alone or with 63 others (up to float rounding).
 """
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -23,17 +24,44 @@ from .transforms import RandomAffine
 
 @dataclass(frozen=True)
 class Optimizer:
-    """The loop: Adam with step size `lr` for `steps` steps, `batch_size` images at a time, seeded by `seed`."""
+    """The loop: Adam with step size `lr` for `steps` steps, `batch_size` images at a time, seeded by `seed`.
+
+    sizes: coarse to fine, the image's side as a fraction of its final size in successive stages of equal
+        length; (0.5, 0.75, 1.0) spends a third of the steps at half size and a third at three quarters, for
+        60% of the work of full-size steps (a step costs about its pixels). The last must be 1.
+    lr_final: the step size reached at the last step along a cosine from `lr`; None keeps `lr` throughout.
+    """
     steps: int = 256
     lr: float = 0.05
     seed: int = 0
     batch_size: int = 64
+    sizes: tuple[float, ...] = (1.0,)
+    lr_final: float | None = None
 
     def __post_init__(self):
         for key, value, low in (("steps", self.steps, 1), ("batch_size", self.batch_size, 1),
                                 ("seed", self.seed, 0)):
             if value < low:
                 raise SpecError(key, f"must be at least {low}; got {value!r}.")
+        object.__setattr__(self, "sizes", tuple(float(f) for f in self.sizes))
+        if not self.sizes or self.sizes[-1] != 1.0 or any(not 0 < f <= 1 for f in self.sizes) \
+                or list(self.sizes) != sorted(self.sizes):
+            raise SpecError("sizes", f"must grow to 1 (fractions of the final size); got {list(self.sizes)!r}.")
+
+    def size_at(self, step: int, full: tuple[int, int]) -> tuple[int, int]:
+        """(h, w) of the images optimized at `step` (0-based), for final images of size `full`."""
+        f = self.sizes[min(step * len(self.sizes) // self.steps, len(self.sizes) - 1)]
+        return tuple(max(8, round(side * f)) for side in full)
+
+    def lr_at(self, step: int) -> float:
+        if self.lr_final is None or self.steps == 1:
+            return self.lr
+        return self.lr_final + (self.lr - self.lr_final) * (1 + math.cos(math.pi * step / (self.steps - 1))) / 2
+
+    def work(self, full: tuple[int, int]) -> float:
+        """Cost of the loop in full-size image·steps (a step costs about its pixels)."""
+        pixels = full[0] * full[1]
+        return sum(math.prod(self.size_at(t, full)) for t in range(self.steps)) / pixels
 
 
 @dataclass
@@ -42,7 +70,7 @@ class FeatureVisResult:
 
     images: (N, H, W, C) uint8 pixels, C the model's input channels, ready to display (not normalized).
     activation: (N,) the objective reached, measured on the final image without any warp.
-    curve: (N, steps) the objective at each step, on the warped image the step optimized.
+    curve: (N, steps) the objective at each step, on the warped image the step optimized (at its size).
     units: (N,) the unit (channel or class) each image is for.
     """
     images: np.ndarray
@@ -124,7 +152,7 @@ def synthesize(model: nn.Module, objective: Objective, param: Parameterization,
                 return values, loss
 
             on_step = (lambda n=len(chunk): progress(n)) if progress else None
-            done.append(_optimize(param.images(gens, device), forward, ascend, optimizer, on_step))
+            done.append(_optimize(param.images(gens, device), forward, ascend, optimizer, param.hw, on_step))
 
     return FeatureVisResult(images=np.concatenate([d[0] for d in done]),
                             activation=torch.cat([d[1] for d in done]).numpy(),
@@ -134,13 +162,15 @@ def synthesize(model: nn.Module, objective: Objective, param: Parameterization,
 
 def _optimize(param: ImageParam, forward: Callable[[torch.Tensor, bool], torch.Tensor],
               ascend: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], optimizer: Optimizer,
-              on_step: Callable[[], None] | None) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+              full: tuple[int, int], on_step: Callable[[], None] | None) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
     """Adam on one chunk's images -> (images (n, H, W, C) uint8, final values (n,), curve (n, steps))."""
     adam = torch.optim.Adam(param.params, lr=optimizer.lr)
     curve = []
-    for _ in range(optimizer.steps):
+    for step in range(optimizer.steps):
+        for group in adam.param_groups:
+            group["lr"] = optimizer.lr_at(step)
         adam.zero_grad(set_to_none=True)
-        values, loss = ascend(forward(param.image(), True))
+        values, loss = ascend(forward(param.image(optimizer.size_at(step, full)), True))
         loss.backward()
         adam.step()
         param.project()
