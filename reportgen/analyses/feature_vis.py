@@ -10,6 +10,7 @@ from tqdm import tqdm
 
 from ..analysis import Analysis
 from ..report import rounded
+from ..timing import Work
 from .featvis import Objective, Optimizer, Parameterization, RandomAffine, synthesize
 
 CURVE_POINTS = 48   # the objective curve is kept at this many steps
@@ -54,6 +55,12 @@ def _optimizer(ctx, layer_path: str | None, kind: str) -> Optimizer:
     coarse = s.progressive and kind != "logit" and min(image_size(ctx)) >= MIN_PROGRESSIVE
     return Optimizer(steps=s.steps, lr=s.lr, seed=ctx.spec.seed, batch_size=batch,
                      sizes=PROGRESSIVE_SIZES if coarse else (1.0,), lr_final=s.lr_final)
+
+
+def _cost(ctx, layer_path: str | None, kind: str, images: int) -> Work:
+    """`images` optimized for the spec's steps: one backward pass each per step, a coarse step costing its area."""
+    area = float(np.mean(np.square(_optimizer(ctx, layer_path, kind).sizes)))
+    return Work(backward=images * ctx.spec.feature_vis.steps * area, size=image_size(ctx), layer=layer_path)
 
 
 PROGRESSIVE_SIZES = (0.5, 0.75, 1.0)    # image side by thirds of the steps (`feature_vis.progressive`)
@@ -102,6 +109,10 @@ class FeatureVis(Analysis):
 
     def _objective(self, ctx, layer) -> str:
         return ctx.spec.feature_vis.objective if len(layer.output_shape) == 3 else "channel"
+
+    def cost(self, ctx, layer):
+        s = ctx.spec.feature_vis
+        return _cost(ctx, layer.path, self._objective(ctx, layer), len(layer.filters) * (s.variants + s.compare_plain))
 
     def compute(self, ctx, layer):
         s = ctx.spec.feature_vis
@@ -157,6 +168,9 @@ class ClassModels(Analysis):
 
     def applies(self, ctx, layer=None):
         return None if self._classes(ctx) else "feature_vis.classes names no class of the model"
+
+    def cost(self, ctx, layer):
+        return _cost(ctx, None, "logit", len(self._classes(ctx)))
 
     def compute(self, ctx, layer):
         return _synthesize(ctx, None, self._classes(ctx), "logit", True, "class models")
