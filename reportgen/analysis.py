@@ -75,7 +75,7 @@ class Context:
         """Cache key of a result that depends on the model, the images used and `parts`."""
         images = hashlib.sha256(self.indices.astype(np.int64).tobytes()).hexdigest()
         m = self.model   # what the model is fed depends on these as much as on the weights
-        fed = (list(m.input_size), list(m.resize_size), m.channels, m.mean, m.std)
+        fed = (list(m.input_size), list(m.resize_size), m.channels, m.mean, m.std, m.interpolation)
         return cache_key(m.sha256, fed, self.dataset.fingerprint, images, *parts)
 
     def sharded(self, items: list, chunk: int, work) -> dict:

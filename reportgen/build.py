@@ -41,7 +41,8 @@ def prepare(spec: Spec, use_cache: bool = True, log=print, group: Group = SINGLE
     device = pick_device(spec.device)
     torch.manual_seed(spec.seed)
     model = load_model(spec.model, spec.spec_path)
-    dataset = load_dataset(spec.dataset, model.input_size, model.resize_size, model.channels)
+    dataset = load_dataset(spec.dataset, model.input_size, model.resize_size, model.channels,
+                           model.interpolation)
     match_labels(dataset, model, spec.dataset, named=spec.model.classes is not None)  # labels → model outputs
     infos = list_layers(model.module.cpu(), model.input_size, model.channels)
     model.module.to(device)

@@ -30,9 +30,10 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
 def to_model_image(img: Image.Image, resize: int | tuple[int, int], crop: int | tuple[int, int],
-                   channels: int) -> np.ndarray:
+                   channels: int, interpolation: str = "bilinear") -> np.ndarray:
     """Any PIL image → uint8 (channels, H, W), `crop` = (H, W) (an int: a square): mode converted, scaled
-    (aspect kept, bilinear) to the smallest size that covers `resize` (H', W'), then centre-cropped.
+    (aspect kept, PIL's `interpolation` filter by name: the model's, e.g. timm's 'bicubic') to the smallest
+    size that covers `resize` (H', W'), then centre-cropped.
 
     Covering (H', W') means the scale max(H'/h, W'/w), each side rounded: for a square `resize` that is
     torchvision's `Resize(resize)` of the shorter side (which truncates the longer side where this rounds),
@@ -53,7 +54,7 @@ def to_model_image(img: Image.Image, resize: int | tuple[int, int], crop: int | 
     scale = max(rh / h, rw / w)
     size = (max(cw, round(w * scale)), max(ch, round(h * scale)))   # PIL's (w, h), never short of the crop
     if size != (w, h):
-        img = img.resize(size, Image.BILINEAR)
+        img = img.resize(size, Image.Resampling[interpolation.upper()])
     w, h = img.size
     left, top = (w - cw) // 2, (h - ch) // 2
     img = img.crop((left, top, left + cw, top + ch))
@@ -80,8 +81,10 @@ class Dataset:
 class _ArrayReader:
     """Images held in memory as (N, H, W[, 3]) uint8 (IDX, CIFAR)."""
 
-    def __init__(self, images: np.ndarray, resize: tuple[int, int], crop: tuple[int, int], channels: int):
+    def __init__(self, images: np.ndarray, resize: tuple[int, int], crop: tuple[int, int], channels: int,
+                 interpolation: str):
         self.images, self.resize, self.crop, self.channels = images, resize, crop, channels
+        self.interpolation = interpolation
 
     def __call__(self, index: int) -> np.ndarray:
         arr = self.images[index]
@@ -91,15 +94,17 @@ class _ArrayReader:
                 return arr[None].copy()
             if not native_gray and self.channels == 3:
                 return arr.transpose(2, 0, 1).copy()
-        return to_model_image(Image.fromarray(arr), self.resize, self.crop, self.channels)
+        return to_model_image(Image.fromarray(arr), self.resize, self.crop, self.channels, self.interpolation)
 
 
 class _FileReader:
     """Image files `root / name`. An unreadable one raises DataError naming it by `name` alone: the message can
     reach a report (skipped images, a failed analysis's note), which names no path of the building machine."""
 
-    def __init__(self, root: Path, names: list[str], resize: tuple[int, int], crop: tuple[int, int], channels: int):
+    def __init__(self, root: Path, names: list[str], resize: tuple[int, int], crop: tuple[int, int], channels: int,
+                 interpolation: str):
         self.root, self.names, self.resize, self.crop, self.channels = root, names, resize, crop, channels
+        self.interpolation = interpolation
 
     def __call__(self, index: int) -> np.ndarray:
         name = self.names[index]
@@ -108,7 +113,7 @@ class _FileReader:
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 with Image.open(self.root / name) as img:
                     img.load()
-                    return to_model_image(img, self.resize, self.crop, self.channels)
+                    return to_model_image(img, self.resize, self.crop, self.channels, self.interpolation)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
                 Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise DataError(f"{name}: unreadable image ({exc.__class__.__name__}: {str(exc)[:80]})") from None
@@ -124,9 +129,10 @@ def _file_digest(paths: list[Path]) -> str:
 
 
 def load_dataset(spec: DatasetSpec, input_size: int | tuple[int, int], resize: int | tuple[int, int],
-                 channels: int) -> Dataset:
+                 channels: int, interpolation: str = "bilinear") -> Dataset:
     """Open the spec's dataset, its images read at `input_size` (H, W; an int: a square) after scaling them to
-    cover `resize` (see `to_model_image`). Raises SpecError (bad root) or DataError (bad contents)."""
+    cover `resize` with PIL's `interpolation` filter (see `to_model_image`). Raises SpecError (bad root) or
+    DataError (bad contents)."""
     root = spec.root
     input_size, resize = as_hw(input_size), as_hw(resize)
     if not root.is_dir():
@@ -139,19 +145,19 @@ def load_dataset(spec: DatasetSpec, input_size: int | tuple[int, int], resize: i
         images, labels = load_idx_split(root, spec.split)
         files = [find_idx_file(root, spec.split, k) for k in ("images", "labels")]
         classes = FASHION_MNIST_CLASSES if spec.format == "fashion-mnist" else MNIST_CLASSES
-        reader = _ArrayReader(images, resize, input_size, channels)
+        reader = _ArrayReader(images, resize, input_size, channels, interpolation)
         names = [f"{spec.split}[{i}]" for i in range(len(labels))]
         digest = _file_digest(files)
     elif spec.format == "cifar10":
         images, labels, classes, digest = _load_cifar10(root, spec.split)
-        reader = _ArrayReader(images, resize, input_size, channels)
+        reader = _ArrayReader(images, resize, input_size, channels, interpolation)
         names = [f"{spec.split}[{i}]" for i in range(len(labels))]
     else:
         if spec.labels_file is None:
             names, labels, classes = _scan_imagefolder(root)
         else:
             names, labels, classes = _scan_labelled(root, read_labels_file(spec.labels_file))
-        reader = _FileReader(root, names, resize, input_size, channels)
+        reader = _FileReader(root, names, resize, input_size, channels, interpolation)
         h = hashlib.sha256()
         for name, label in zip(names, labels):   # the label too: a labels_file can change without the images
             h.update(f"{name}:{(root / name).stat().st_size}:{classes[label]};".encode())

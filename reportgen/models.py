@@ -1,4 +1,4 @@
-"""Load the spec's model: torchvision (multi-weight API), a checkpoint, or a user factory.
+"""Load the spec's model: torchvision (multi-weight API), timm (timm_models.py), a checkpoint, or a user factory.
 
 Returns a `LoadedModel`: the eval-mode module plus what the report needs to feed it and
 name its outputs (classes, input size, channels, mean/std) and the sha256 of its weights.
@@ -6,6 +6,7 @@ name its outputs (classes, input size, channels, mean/std) and the sha256 of its
 
 import hashlib
 import importlib
+import math
 import os
 import re
 import sys
@@ -41,6 +42,7 @@ class LoadedModel:
     sha256: str
     source: str              # a human description, for the overview page
     meta: dict = field(default_factory=dict)
+    interpolation: str = "bilinear"   # how images are scaled to resize_size: PIL's filter by name (timm: 'bicubic')
     class_ids: list[str] | None = None   # ImageNet-1k's WNIDs in output order when the classes are ImageNet's
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
@@ -69,6 +71,9 @@ def load_model(spec: ModelSpec, spec_dir: Path) -> LoadedModel:
     """Build the module named by the spec, load its weights, put it in eval mode."""
     if spec.torchvision:
         module, info = _from_torchvision(spec)
+    elif spec.timm:
+        from .timm_models import from_timm   # imported only here: importing timm takes seconds
+        module, info = from_timm(spec)
     elif spec.factory:
         module = _from_factory(spec.factory, spec_dir)
         info = {"source": f"factory {spec.factory}"}
@@ -104,12 +109,15 @@ def _describe(module: nn.Module, spec: ModelSpec, info: dict) -> LoadedModel:
             raise SpecError(f"model.{key}", f"has {len(values)} values but the model takes {channels} input "
                                             f"channel{'s' if channels > 1 else ''}; give one value per channel")
     classes = _classes(spec, info, module, channels, input_size)
-    # torchvision's Resize(256) scales the shorter side to 256, i.e. the image covers 256 × 256
-    resize = as_hw(info.get("resize_size") or input_size)
+    if "crop_pct" in info:   # timm's eval transform: the input is crop_pct of the image, floor(size / crop_pct)
+        resize = (math.floor(input_size[0] / info["crop_pct"]), math.floor(input_size[1] / info["crop_pct"]))
+    else:   # torchvision's Resize(256) scales the shorter side to 256, i.e. the image covers 256 × 256
+        resize = as_hw(info.get("resize_size") or input_size)
     resize = (max(resize[0], input_size[0]), max(resize[1], input_size[1]))
     return LoadedModel(module, classes, input_size, resize, channels, list(mean), list(std),
                        weights_sha256(module), info["source"], {k: v for k, v in info.items() if k == "weights"},
-                       class_ids=imagenet_class_ids(classes, len(classes)))
+                       class_ids=imagenet_class_ids(classes, len(classes)),
+                       interpolation=info.get("interpolation", "bilinear"))
 
 
 def _classes(spec: ModelSpec, info: dict, module: nn.Module, channels: int, input_size) -> list[str]:
@@ -234,7 +242,7 @@ def _first(items: list, n: int = 3) -> str:
     return ", ".join(map(str, items[:n])) + (", …" if len(items) > n else "")
 
 
-def _read_weights(path: Path, trust: bool) -> tuple[dict | nn.Module, str]:
+def read_weights(path: Path, trust: bool) -> tuple[dict | nn.Module, str]:
     """(the state_dict or module a checkpoint file holds, how it held it: "a {'state_dict': …} dict", ...).
     torch.save files are loaded with weights_only=True unless the spec trusts the file."""
     if not path.is_file():
@@ -339,7 +347,7 @@ def _unwrap_module(module: nn.Module) -> nn.Module:
     return module
 
 
-def _strip_prefixes(state: dict, model_keys: set[str]) -> tuple[dict, str]:
+def strip_prefixes(state: dict, model_keys: set[str]) -> tuple[dict, str]:
     """Remove the wrappers' prefixes that every key carries and the model's keys do not: (state, removed)."""
     removed = ""
     while state and (prefix := next((p for p in PREFIXES if all(k.startswith(p) for k in state)
@@ -351,7 +359,7 @@ def _strip_prefixes(state: dict, model_keys: set[str]) -> tuple[dict, str]:
 
 def _load_checkpoint_module(path: Path, trust: bool) -> nn.Module:
     """A checkpoint without a factory must hold a model: TorchScript, or a pickled module (trusted)."""
-    weights, how = _read_weights(path, trust)
+    weights, how = read_weights(path, trust)
     if isinstance(weights, nn.Module):
         return _unwrap_module(weights)
     raise _checkpoint_error(f"{path.name} holds {how}, not a model; add 'factory: module:callable' "
@@ -360,10 +368,14 @@ def _load_checkpoint_module(path: Path, trust: bool) -> nn.Module:
 
 def _load_state_dict(module: nn.Module, path: Path, trust: bool, factory: str) -> None:
     """Load the weights a checkpoint holds into the factory's module, or say exactly how they do not fit."""
-    weights, how = _read_weights(path, trust)
+    fit_weights(module, *read_weights(path, trust), path, factory)
+
+
+def fit_weights(module: nn.Module, weights: dict | nn.Module, how: str, path: Path, target: str) -> None:
+    """Load `weights` (read from checkpoint `path` as `how`) into `module`, built by `target` (named in errors)."""
     own = module.state_dict()
     state = weights.state_dict() if isinstance(weights, nn.Module) else weights
-    state, removed = _strip_prefixes(state, set(own))
+    state, removed = strip_prefixes(state, set(own))
     found = how + (f", {removed!r} prefix removed" if removed else "")
     shapes = {k: (tuple(v.shape), tuple(own[k].shape)) for k, v in state.items()   # (_extra_state: any object)
               if torch.is_tensor(v) and torch.is_tensor(own.get(k)) and v.shape != own[k].shape}
@@ -382,4 +394,4 @@ def _load_state_dict(module: nn.Module, path: Path, trust: bool, factory: str) -
         parts.append(f"{len(shapes)} shape mismatch{'es' if len(shapes) > 1 else ''} "
                      f"({listed}{'; …' if len(shapes) > 2 else ''})")
     if parts:
-        raise _checkpoint_error(f"checkpoint {path.name!r} ({found}) does not fit {factory}: {', '.join(parts)}")
+        raise _checkpoint_error(f"checkpoint {path.name!r} ({found}) does not fit {target}: {', '.join(parts)}")

@@ -23,9 +23,18 @@ class _Section(BaseModel):
 
 
 class ModelSpec(_Section):
-    """Where the model comes from (exactly one of torchvision / checkpoint / factory, or checkpoint+factory)."""
+    """Where the model comes from: exactly one of torchvision / timm / checkpoint / factory, or a checkpoint whose
+    weights go into a factory's or timm's architecture."""
     torchvision: str | None = None
     weights: str | None = None
+    timm: str | None = Field(None, description="a timm model name, with or without a pretrained tag "
+                                               "(resnet50, resnet50.a1_in1k)")
+    # default true: in timm the name (and its tag) picks the weights, and a report on random weights that
+    # nobody asked for is worthless; offline, a missing weights file is a clear error, not a silent random model
+    pretrained: bool | None = Field(None, description="timm: load timm's weights for the name (default: true, "
+                                                      "unless 'checkpoint' gives the weights); false: random weights")
+    pretrained_file: Path | None = Field(None, description="timm: a local copy of timm's weights file for the name, "
+                                                           "read by timm's own loader (its pretrained 'file' override)")
     checkpoint: Path | None = None
     factory: str | None = None
     trust_checkpoint: bool = False
@@ -70,13 +79,32 @@ class ModelSpec(_Section):
     def _one_source(self):
         if self.torchvision and (self.checkpoint or self.factory):
             raise ValueError("give either 'torchvision' or 'checkpoint'/'factory', not both")
-        if not (self.torchvision or self.checkpoint or self.factory):
-            raise ValueError("name the model: 'torchvision: NAME', 'checkpoint: PATH' or 'factory: module:callable'")
+        if self.timm and (self.torchvision or self.factory):
+            raise ValueError(f"give either 'timm' or '{'torchvision' if self.torchvision else 'factory'}', not both")
+        if not (self.torchvision or self.timm or self.checkpoint or self.factory):
+            raise ValueError("name the model: 'torchvision: NAME', 'timm: NAME', 'checkpoint: PATH' "
+                             "or 'factory: module:callable'")
         if self.weights and not self.torchvision:
             raise ValueError("'weights' is for torchvision models; use 'checkpoint' for your own weights")
+        self._timm_weights()
         if self.std is not None and any(s <= 0 for s in self.std):
             raise ValueError("'std' values must be positive")
         return self
+
+    def _timm_weights(self) -> None:
+        """One source of weights for a timm model; `pretrained` resolved (true unless a checkpoint gives them)."""
+        if not self.timm:
+            if self.pretrained is not None or self.pretrained_file:
+                raise ValueError("'pretrained' and 'pretrained_file' are for timm models ('timm: NAME')")
+            return
+        if self.checkpoint and (self.pretrained or self.pretrained_file):
+            raise ValueError("'checkpoint' gives the weights; remove 'pretrained'/'pretrained_file' "
+                             "(or remove 'checkpoint' to load timm's weights)")
+        if self.pretrained is False and self.pretrained_file:
+            raise ValueError("'pretrained: false' asks for random weights but 'pretrained_file' gives weights; "
+                             "remove one of them")
+        if self.pretrained is None:
+            self.pretrained = not self.checkpoint
 
 
 class DatasetSpec(_Section):
@@ -188,6 +216,11 @@ class AttributionSpec(_Section):
     sanity_check: bool = True
 
 
+class AccuracySpec(_Section):
+    enabled: bool = True
+    confusions: int = Field(10, ge=0, le=1000, description="the most confused pairs (true → predicted) listed")
+
+
 class Spec(_Section):
     title: str = "reportgen report"
     seed: int = 0
@@ -201,6 +234,7 @@ class Spec(_Section):
     circuit: CircuitSpec = Field(default_factory=CircuitSpec)
     embedding: EmbeddingSpec = Field(default_factory=EmbeddingSpec)
     attribution: AttributionSpec = Field(default_factory=AttributionSpec)
+    accuracy: AccuracySpec = Field(default_factory=AccuracySpec)
     # set by the loader, not by users
     spec_path: Path | None = Field(None, exclude=True)   # the spec's directory
     spec_file: Path | None = Field(None, exclude=True)
@@ -293,6 +327,8 @@ def _resolve_paths(spec: Spec, base: Path) -> Spec:
         spec.dataset.labels_file = rel(spec.dataset.labels_file)
     if spec.model.checkpoint:
         spec.model.checkpoint = rel(spec.model.checkpoint)
+    if spec.model.pretrained_file:
+        spec.model.pretrained_file = rel(spec.model.pretrained_file)
     if isinstance(spec.model.classes, Path):
         spec.model.classes = rel(spec.model.classes)
     return spec
