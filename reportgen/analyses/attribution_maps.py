@@ -14,8 +14,9 @@ from ..data import sample_indices
 from ..errors import ModelError, SpecError
 from ..report import rounded
 from ..render import images as im
+from ..timing import Work
 from . import attribution as at
-from .attribution.occlusion import default_stride, default_window
+from .attribution.occlusion import default_stride, default_window, window_positions
 
 
 def attribution_images(ctx) -> np.ndarray:
@@ -90,6 +91,7 @@ class Attribution(BaseModel):
 
 
 GUIDED_METHODS = ("guided_backprop", "guided_gradcam")
+BACKWARDS = {"saliency": 1, "gradcam": 1, "guided_backprop": 1, "guided_gradcam": 2}   # per image, for `cost`
 
 
 class AttributionMaps(Analysis):
@@ -97,6 +99,15 @@ class AttributionMaps(Analysis):
     spec_key = "attribution"
     version = 3
     SiteResult = Attribution
+
+    def cost(self, ctx, layer=None):
+        s = ctx.spec.attribution
+        n = len(s.images) if isinstance(s.images, list) else min(s.images, len(ctx.indices))
+        runs = n * (2 if s.target == "both" else 1) * (2 if s.sanity_check else 1)   # the sanity check reruns
+        window, stride = _window(ctx)
+        windows = np.prod([len(window_positions(side, window, stride)[0]) for side in ctx.model.input_size])
+        return Work(forward=n + runs * windows * ("occlusion" in s.methods), loads=n,
+                    backward=runs * sum(BACKWARDS.get(m, 0) for m in s.methods))
 
     def compute(self, ctx, layer):
         s = ctx.spec.attribution
@@ -202,6 +213,9 @@ class GuidedBackprop(Analysis):
         if layer is not None and len(layer.output_shape) != 3:
             return "guided backprop needs a spatial layer"
         return at.guided_unsupported(ctx.model.module)
+
+    def cost(self, ctx, layer):
+        return Work(backward=self.TOP * len(layer.filters), loads=self.TOP * len(layer.filters), layer=layer.path)
 
     def compute(self, ctx, layer):
         top = ctx.evidence.layers[layer.path].top.index

@@ -13,6 +13,7 @@ from ..graph import effective_weights, find_conv, trace_source
 from ..layers import Layer, keras_aliases, slugify
 from ..render import images as im
 from ..report import rounded
+from ..timing import Work
 from . import kernels as kx
 
 _SKIP_FOR_DISPLAY = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Dropout, nn.Identity)
@@ -91,6 +92,10 @@ class Circuits(Analysis):
         except ModelError as exc:
             return f"no circuit: {exc}"
         return None
+
+    def cost(self, ctx, layer):   # the conv's input on each filter's top images (at most)
+        n = min(len(ctx.indices), ctx.spec.record.top_k * len(layer.filters))
+        return Work(forward=n, loads=n, layer=layer.path)
 
     def compute(self, ctx, layer):
         model = ctx.model.module

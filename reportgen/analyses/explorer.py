@@ -18,6 +18,7 @@ from ..record import PENULTIMATE
 from ..render import images as im
 from ..render import plots
 from ..report import rounded
+from ..timing import Work
 from . import embedding as emb
 
 THUMB_MAX = 64          # thumbnails with a longer side than this are downscaled for the sprite sheet
@@ -137,6 +138,12 @@ def _sprite(ctx, out, idx: np.ndarray) -> plots.SpriteLayout:
     return plots.SpriteLayout(Path(SPRITE).name, len(idx), columns, math.ceil(len(idx) / columns), w, h)
 
 
+def _cost(ctx, methods: list[str]) -> Work:
+    """t-SNE of the pooled features (at most `embedding.max_points`) and their thumbnails."""
+    n = min(ctx.spec.record.pooled_limit, len(ctx.indices), ctx.spec.embedding.max_points)
+    return Work(tsne_points=n if "tsne" in methods else 0, loads=n)
+
+
 def _sprite_bytes(ctx, idx) -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / Path(SPRITE).name
@@ -155,6 +162,9 @@ class LayerExplorer(Analysis):
 
     def enabled(self, ctx, layer=None):
         return layer is None or bool(METHODS[layer.embedding])     # layers[].embedding: none asks for none
+
+    def cost(self, ctx, layer):
+        return _cost(ctx, METHODS[layer.embedding])
 
     def compute(self, ctx, layer):
         return explore(ctx, layer.path, METHODS[layer.embedding])
@@ -175,6 +185,9 @@ class OverviewExplorer(Analysis):
     def applies(self, ctx, layer=None):
         has_linear = any(isinstance(m, nn.Linear) for m in ctx.model.module.modules())
         return None if has_linear else "the model has no final Linear layer whose input features to show"
+
+    def cost(self, ctx, layer=None):
+        return _cost(ctx, ["tsne"])
 
     def compute(self, ctx, layer):
         return explore(ctx, PENULTIMATE, ["tsne"])
