@@ -34,7 +34,7 @@ from pydantic import BaseModel
 
 from .artifacts import Cache, cache_key
 from .data import Dataset
-from .distributed import SINGLE, Group
+from .distributed import SINGLE, Group, PeerLost
 from .errors import ReportgenError
 from .layers import Layer, LayerInfo
 from .models import LoadedModel
@@ -266,7 +266,7 @@ def _guarded(ctx: Context, a: Analysis, layer: Layer | None) -> tuple[Artifact |
     """(artifact, None), or (None, why) when the computation raised: a report without this part beats no report."""
     try:
         return _cached(ctx, a, layer), None
-    except (KeyboardInterrupt, SystemExit):
+    except (KeyboardInterrupt, SystemExit, PeerLost):   # a stopped rank ends the build on every rank
         raise
     except Exception as exc:   # noqa: BLE001 - any failure of one analysis must not lose the others' work
         where = f"{a.name} on {layer.name}" if layer else a.name

@@ -25,12 +25,14 @@ def cmd_build(args) -> int:
     from .build import build
     from .spec import load_spec
     from .build import pick_device
-    from .distributed import init_from_env, shutdown
+    from .distributed import PeerLost, init_from_env, shutdown
     spec = load_spec(args.spec)
     group = init_from_env(pick_device(spec.device))   # under torchrun: this process's rank
     try:
         out = build(spec, out=Path(args.out).absolute() if args.out else None, use_cache=not args.no_cache,
                     progress=not args.quiet, log=_log, group=group, strict=args.strict)
+    except PeerLost as exc:
+        raise group.named(exc) from None   # which rank stopped, asked while the group still stands
     finally:
         shutdown()
     if not group.is_main:

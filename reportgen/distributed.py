@@ -1,14 +1,26 @@
 """Data-parallel builds under `torchrun`, on torch.distributed (gloo on CPU, nccl on GPUs).
 
-Every rank records its shard of the dataset (whole batches, round-robin, so each batch is computed
-exactly as in a single-process build), the partial evidence is all-gathered and merged exactly
-(`Evidence.merge`: top-k candidates re-ranked by a total order, sums and histograms added), and work
-lists (filters to synthesize, images to attribute) are split the same way. Every rank ends with the same
-results; rank 0 alone writes the cache and the site.
+The dataset pass is cut into fixed shards (`fixed_shards`: SHARD_BATCHES whole batches each, set by the
+batch size and never by the world size); each rank records the missing shards assigned to it round-robin,
+caches each one as soon as it is done, and the shards are all-gathered and merged in shard order. Work lists
+(filters to synthesize, images to attribute) are split in whole chunks the same way (`shard_list`). Every
+rank ends with the same results; rank 0 alone writes the site.
+
+Same bytes for any number of processes: every result is computed per fixed unit (a shard of whole batches,
+a chunk of filters with per-unit seeds, an image) exactly as a single process computes it, and partial
+results are combined in one fixed order (shard order, never rank or arrival order): float sums are not
+associative, so `a + (b + c)` from a different split of the batches would differ in the last bits and move
+every downstream number (class means, t-SNE, PCA).
+
+A rank that stops (killed, out of memory, an error of its own): torchrun then sends SIGTERM to the others
+and gloo raises in the next collective; both surface here as `PeerLost`, and the survivors name the ranks
+that stopped by a roll call on torch.distributed's store (`Group.stopped_ranks`).
 """
 
 import datetime
 import os
+import signal
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +28,22 @@ import torch
 import torch.distributed as dist
 
 from .errors import ReportgenError
+
+SHARD_BATCHES = 16   # batches per dataset-pass shard: small enough that a killed build loses little work
+
+
+class PeerLost(ReportgenError):
+    """Another rank stopped (seen by a failed collective or the launcher's SIGTERM); `cause` says how."""
+
+    def __init__(self, cause: str, where: str = "the build", note: str = "the previous site is unchanged"):
+        super().__init__(f"another rank stopped during {where} ({cause}); {note}")
+        self.cause, self.where, self.note = cause, where, note
+
+
+def fixed_shards(indices: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """`indices` cut into consecutive shards of SHARD_BATCHES whole batches: the same for any world size."""
+    size = SHARD_BATCHES * batch_size
+    return [indices[s:s + size] for s in range(0, len(indices), size)]
 
 
 @dataclass(frozen=True)
@@ -26,14 +54,6 @@ class Group:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-    def shard_batches(self, indices: np.ndarray, batch_size: int) -> np.ndarray:
-        """This rank's images: batches rank, rank + world, … of the single-process batch order."""
-        if self.world == 1:
-            return indices
-        starts = range(self.rank * batch_size, len(indices), self.world * batch_size)
-        parts = [indices[s:s + batch_size] for s in starts]
-        return np.concatenate(parts) if parts else indices[:0]
 
     def shard_list(self, items: list, chunk: int) -> list:
         """This rank's chunks (of `chunk` items, round-robin) of a work list."""
@@ -49,20 +69,55 @@ class Group:
         try:
             dist.all_gather_object(out, obj)
         except (RuntimeError, dist.DistBackendError) as exc:
-            raise ReportgenError(f"rank {self.rank}: another rank stopped or failed ({str(exc).splitlines()[0]}); "
-                                 "the previous site is unchanged") from None
+            raise PeerLost(f"the collective failed: {str(exc).splitlines()[0]}") from None
         return out
 
     def barrier(self) -> None:
         if self.world > 1:
-            dist.barrier()
+            try:
+                dist.barrier()
+            except (RuntimeError, dist.DistBackendError) as exc:
+                raise PeerLost(f"the collective failed: {str(exc).splitlines()[0]}") from None
+
+    def stopped_ranks(self, wait: float = 3.0) -> list[int]:
+        """After a PeerLost: the other ranks that do not answer a roll call within `wait` s.
+
+        Every surviving rank answers (torchrun has sent each one SIGTERM, or its collective failed too);
+        a rank still busy without noticing would be named as well, so this is what the survivors can see.
+        """
+        try:
+            store = dist.distributed_c10d._get_default_store()
+            store.set(f"reportgen-alive-{self.rank}", "1")
+            others = [f"reportgen-alive-{r}" for r in range(self.world) if r != self.rank]
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline and not all(store.check([k]) for k in others):
+                time.sleep(0.1)
+            return [r for r in range(self.world) if r != self.rank and not store.check([f"reportgen-alive-{r}"])]
+        except Exception:   # noqa: BLE001 - the store lived in the rank that stopped: nobody can be named
+            return []
+
+    def named(self, exc: PeerLost) -> ReportgenError:
+        """`exc` as the error to show, naming the ranks that stopped."""
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)   # already stopping: a later SIGTERM must not cut the roll call
+        ranks = self.stopped_ranks()
+        who = (f"rank {ranks[0]}" if len(ranks) == 1 else f"ranks {', '.join(map(str, ranks))}") if ranks \
+            else "another rank"
+        return ReportgenError(f"{who} stopped during {exc.where} ({exc.cause}); {exc.note}")
 
 
 SINGLE = Group()
 
 
+def _stopped_by_launcher(signum, frame):
+    raise PeerLost("torchrun then sent SIGTERM to the others")
+
+
 def init_from_env(device: str) -> Group:
-    """Join the process group torchrun describes in the environment (WORLD_SIZE > 1), else a single group."""
+    """Join the process group torchrun describes in the environment (WORLD_SIZE > 1), else a single group.
+
+    Under torchrun, SIGTERM (what torchrun sends every rank when one fails) raises PeerLost, so the build
+    ends with a message instead of dying silently.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return SINGLE
@@ -71,6 +126,7 @@ def init_from_env(device: str) -> Group:
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
+    signal.signal(signal.SIGTERM, _stopped_by_launcher)
     return Group(dist.get_rank(), dist.get_world_size())
 
 

@@ -1,12 +1,17 @@
-"""The dataset pass as a build stage: cached per layer, split across ranks, plus the layers' receptive fields.
+"""The dataset pass as a build stage: cached per layer, recorded in fixed shards split across ranks, plus the
+layers' receptive fields.
 
 `gather_evidence(ctx)` sets `ctx.evidence` (record.Evidence) and `ctx.evidence_key`; only layers without a
-cached result are recorded, in one pass. `receptive_fields(ctx)` needs only the model (checked before the pass).
+cached result are recorded, in one pass cut into shards of whole batches (`_sharded_pass`): each shard is
+cached when done, so a killed build resumes with the missing shards only, and shards merge in shard order,
+so 1 or N processes give the same bytes. `receptive_fields(ctx)` needs only the model (checked before the pass).
 """
 
 import numpy as np
 
+from .artifacts import Cache
 from .data import sample_indices
+from .distributed import PeerLost, fixed_shards
 from .errors import ModelError, SpecError
 from .graph import receptive_field
 from .graph import receptive_fields as graph_receptive_fields
@@ -27,9 +32,13 @@ def plan(ctx, layers: dict[str, int]) -> RecordPlan:
                       device=ctx.device, raise_errors=d.on_error == "raise")
 
 
+def pass_params(ctx) -> dict:
+    return ctx.spec.record.model_dump(mode="json") | {"samples": ctx.samples.tolist()}   # every record key
+
+
 def pass_keys(ctx) -> tuple[str, dict[str, str]]:
     """(the pass's key, {layer path or PENULTIMATE: the cache key of its part}): known before the pass."""
-    params = ctx.spec.record.model_dump(mode="json") | {"samples": ctx.samples.tolist()}   # every record key
+    params = pass_params(ctx)
     keys = {l.path: ctx.key(RECORD_VERSION, "layer", l.path, params) for l in ctx.layers}
     keys[PENULTIMATE] = ctx.key(RECORD_VERSION, "predictions", params)
     return ctx.key(RECORD_VERSION, params), keys
@@ -49,18 +58,69 @@ def gather_evidence(ctx) -> None:
     if not missing and hits[PENULTIMATE] is not None:
         ctx.log(f"dataset pass: reusing cached results for {len(ctx.layers)} layers")
     else:
-        mine = ctx.group.shard_batches(ctx.indices, ctx.spec.dataset.batch_size)
-        ev = record(ctx.model.module, ctx.model.normalize, ctx.dataset, mine, plan(ctx, missing),
-                    progress=ctx.progress and ctx.group.is_main)
-        parts = ctx.group.all_gather(ev)   # exact merge of every rank's shard (rank order)
-        ev = parts[0]
-        for part in parts[1:]:
-            ev.merge(part)
+        ev = _sharded_pass(ctx, missing)
         for path in missing:   # as stored: a cold build reads what a warm one would
             hits[path] = ctx.cache.save("record", keys[path], layer_to_arrays(ev.layers[path]))
         hits[PENULTIMATE] = ctx.cache.save("record", keys[PENULTIMATE], _predictions_to_arrays(ev))
         ctx.computed.append("record")
     ctx.evidence = _evidence(ctx, hits)
+
+
+def _sharded_pass(ctx, layers: dict[str, int]) -> Evidence:
+    """The pass over `layers` {path: channels}, in fixed shards (distributed.fixed_shards).
+
+    Each shard is cached as soon as it is recorded, by whichever rank recorded it (so it outlives a rank that
+    stops later); only shards that some rank cannot load are recorded, round-robin over the ranks; all are
+    merged in shard order, so the evidence is the same bytes for any number of processes, and a resumed
+    build records only the missing shards.
+    """
+    paths = list(layers)
+    shards = fixed_shards(ctx.indices, ctx.spec.dataset.batch_size)
+    keys = [ctx.key(RECORD_VERSION, "shard", pass_params(ctx), paths, ctx.spec.dataset.batch_size, n)
+            for n in range(len(shards))]
+    cache = Cache(ctx.cache.root, ctx.cache.enabled)   # every rank writes its own shards
+    found = {n: hit for n, k in enumerate(keys) if (hit := cache.load("record-shard", k)) is not None}
+    try:
+        # agreed before anyone records (so no rank sees another's fresh shard): what any rank lacks
+        todo = sorted(set().union(*ctx.group.all_gather([n for n in range(len(shards)) if n not in found])))
+        ctx.log(f"dataset pass: {len(todo)} of {len(shards)} shards to record"
+                + (f" ({len(shards) - len(todo)} cached)" if len(todo) < len(shards) else ""))
+        recorded = {}
+        for n in ctx.group.shard_list(todo, 1):
+            ev = record(ctx.model.module, ctx.model.normalize, ctx.dataset, shards[n], plan(ctx, layers),
+                        progress=ctx.progress and ctx.group.is_main)
+            recorded[n] = cache.save("record-shard", keys[n], _to_arrays(ev, paths))
+        for part in ctx.group.all_gather(recorded):
+            found.update(part)
+    except PeerLost as exc:
+        cached = sum(cache.has("record-shard", k) for k in keys)
+        raise PeerLost(exc.cause, "the dataset pass",
+                       f"{cached} of {len(keys)} shards are cached; rerun to compute only the rest") from None
+    ev = _from_arrays(found[0], paths)
+    for n in range(1, len(shards)):   # shard order: float sums added in one order for any world size
+        ev.merge(_from_arrays(found[n], paths))
+    return ev
+
+
+def _to_arrays(ev: Evidence, paths: list[str]) -> dict:
+    """All of `ev` as plain arrays (layers by their position in `paths`); `_from_arrays` reads it back."""
+    out = _predictions_to_arrays(ev)
+    for n, path in enumerate(paths):
+        out.update({f"l{n}_{k}": v for k, v in layer_to_arrays(ev.layers[path]).items()})
+    return out
+
+
+def _from_arrays(d: dict, paths: list[str]) -> Evidence:
+    layers = {path: layer_from_arrays(_prefixed(d, f"l{n}_")) for n, path in enumerate(paths)}
+    pen = _prefixed(d, "pen_")
+    if pen:
+        layers[PENULTIMATE] = layer_from_arrays(pen)
+    return Evidence(layers, d["pred_index"], d["preds"], d["top5"], dict(zip(d["prob_index"].tolist(), d["probs"])),
+                    [(int(i), m) for i, m in d["meta"]["skipped"]])
+
+
+def _prefixed(d: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in d.items() if k.startswith(prefix)}
 
 
 def _predictions_to_arrays(ev: Evidence) -> dict:
@@ -74,13 +134,9 @@ def _predictions_to_arrays(ev: Evidence) -> dict:
 
 
 def _evidence(ctx, hits: dict) -> Evidence:
-    p = hits[PENULTIMATE]
-    layers = {l.path: layer_from_arrays(hits[l.path]) for l in ctx.layers}
-    pen = {k[4:]: v for k, v in p.items() if k.startswith("pen_")}
-    if pen:
-        layers[PENULTIMATE] = layer_from_arrays(pen)
-    ev = Evidence(layers, p["pred_index"], p["preds"], p["top5"], dict(zip(p["prob_index"].tolist(), p["probs"])),
-                  [(int(i), m) for i, m in p["meta"]["skipped"]])
+    paths = [l.path for l in ctx.layers]
+    ev = _from_arrays(hits[PENULTIMATE] | {f"l{n}_{k}": v for n, p in enumerate(paths) for k, v in hits[p].items()},
+                      paths)
     if ev.skipped:
         names = ", ".join(ctx.dataset.names[i] for i, _ in ev.skipped[:3])
         ctx.log(f"warning: {len(ev.skipped)} unreadable images skipped (first: {names})")
