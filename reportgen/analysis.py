@@ -39,7 +39,7 @@ from .errors import ReportgenError
 from .layers import Layer, LayerInfo
 from .models import LoadedModel
 from .spec import Spec
-from .timing import Probe, Timer, Work
+from .timing import Timer, Work
 
 Artifact = dict   # {name: np.ndarray, ..., "meta": JSON-able dict}: what the cache stores
 
@@ -280,17 +280,17 @@ def _guarded(ctx: Context, a: Analysis, layer: Layer | None) -> tuple[Artifact |
         return None, why
 
 
-def estimate_analyses(ctx: Context, outcomes: dict[str, Outcome], probe: Probe) -> dict[tuple[str, str | None], float]:
-    """{(analysis, layer name or None): estimated seconds} of what `run_analyses` will compute; cached parts
-    cost 0. Needs `ctx.evidence_key`, known before the pass (evidence.pass_keys)."""
+def analysis_costs(ctx: Context, outcomes: dict[str, Outcome]) -> dict[tuple[str, str | None], Work | None]:
+    """{(analysis, layer name or None): its Work} for what `run_analyses` will compute; None where the result
+    is cached (or too small to price). Needs `ctx.evidence_key`, known before the pass (evidence.pass_keys)."""
     out = {}
     for o in outcomes.values():
         a = o.analysis
         if o.absent:
             continue
         for layer in [l for l in o.wanted if l.path not in o.layers_absent] if a.per_layer else [None]:
-            work = None if ctx.cache.has(a.name, result_key(ctx, a, layer)) else a.cost(ctx, layer)
-            out[(a.name, layer.name if layer else None)] = probe.price(work) if work else 0.0
+            cached = ctx.cache.has(a.name, result_key(ctx, a, layer))
+            out[(a.name, layer.name if layer else None)] = None if cached else a.cost(ctx, layer)
     return out
 
 

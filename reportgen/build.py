@@ -11,12 +11,12 @@ from pathlib import Path
 import torch
 
 from .analyses import ANALYSES
-from .analysis import Analysis, Context, check_analyses, run_analyses
+from .analysis import Analysis, Context, analysis_costs, check_analyses, run_analyses
 from .artifacts import Cache
 from .data import load_dataset, sample_indices, subset_indices
 from .distributed import SINGLE, Group
 from .errors import SpecError
-from .evidence import gather_evidence, receptive_fields
+from .evidence import gather_evidence, pass_cost, pass_keys, receptive_fields
 from .labels import match_labels
 from .layers import list_layers, resolve_layers
 from .models import load_model
@@ -24,6 +24,7 @@ from .output import check_output, write_site
 from .render.pages import render_site
 from .report import assemble
 from .spec import Spec
+from .timing import Probe, Timer, estimate_text
 
 
 def pick_device(name: str) -> str:
@@ -38,6 +39,7 @@ def prepare(spec: Spec, use_cache: bool = True, log=print, group: Group = SINGLE
             analyses: list[Analysis] = ANALYSES) -> Context:
     """Load model and data, resolve layers, trace receptive fields: everything that can fail before the first
     heavy computation, so that it fails in seconds."""
+    timer = Timer()
     device = pick_device(spec.device)
     torch.manual_seed(spec.seed)
     model = load_model(spec.model, spec.spec_path)
@@ -50,20 +52,32 @@ def prepare(spec: Spec, use_cache: bool = True, log=print, group: Group = SINGLE
     indices = subset_indices(dataset.size, spec.dataset.limit, spec.seed)
     samples = sample_indices(indices, spec.dataset.samples, spec.seed)
     cache = Cache(spec.spec_path / ".reportgen-cache", enabled=use_cache, writable=group.is_main)
-    ctx = Context(spec, device, model, dataset, layers, infos, indices, samples, cache, log, group)
+    ctx = Context(spec, device, model, dataset, layers, infos, indices, samples, cache, log, group, timer=timer)
     for a in analyses:
         if a.enabled(ctx):
             a.prepare(ctx)   # e.g. circuits.expand adds the layers that feed the spec's filters
+    timer.lap("load")
     ctx.receptive_fields = receptive_fields(ctx)
+    timer.lap("receptive fields")
     return ctx
 
 
+def estimate(ctx: Context, outcomes: dict) -> dict[tuple[str, str | None], float]:
+    """Seconds of the dataset pass and of each analysis (per layer), priced by a probe of the model; cached
+    work costs 0, and a build with nothing to compute runs no probe."""
+    ctx.evidence_key = pass_keys(ctx)[0]        # the analyses' cache keys include it
+    works = {("dataset pass", None): pass_cost(ctx)} | analysis_costs(ctx, outcomes)
+    probe = Probe(ctx, {l.path for l in ctx.layers}) if any(works.values()) else None
+    return {k: probe.price(w) if w else 0.0 for k, w in works.items()}
+
+
 def build(spec: Spec, out: Path | None = None, use_cache: bool = True, progress: bool = True, log=print,
-          group: Group = SINGLE, analyses: list[Analysis] = ANALYSES, strict: bool = False) -> Path:
+          group: Group = SINGLE, analyses: list[Analysis] = ANALYSES, strict: bool = False,
+          verbose: bool = False) -> Path:
     """Build the site for `spec` into `out` (default: the spec's `output`). Returns the site path.
 
     strict: a part of the report that cannot be made (an analysis that does not apply to this model, or
-    fails) is an error instead of a note in the report.
+    fails) is an error instead of a note in the report. verbose: the closing time table has a row per layer.
     """
     t0 = time.perf_counter()
     out = Path(out) if out else spec.output
@@ -71,16 +85,27 @@ def build(spec: Spec, out: Path | None = None, use_cache: bool = True, progress:
     check_output(out, protected)                  # before any work: a refused output fails in a second
     log = log if group.is_main else (lambda *_: None)
     ctx = prepare(spec, use_cache, log, group, analyses)
+    timer = ctx.timer
     ctx.progress, ctx.strict = progress, strict
     outcomes = check_analyses(ctx, analyses)      # before the pass: what cannot run says so now
     log(f"model {ctx.model.source}: {len(ctx.layers)} layers, dataset {ctx.dataset.format} "
         f"({len(ctx.indices)} of {ctx.dataset.size} images), device {ctx.device}")
+    if group.is_main:
+        timer.expected = estimate(ctx, outcomes)
+        log(estimate_text(timer.expected))
+    timer.lap("estimate")
     gather_evidence(ctx)
+    timer.lap("dataset pass", cached="record" not in ctx.computed)
     run_analyses(ctx, outcomes)
     report = assemble(ctx, outcomes, out)
+    timer.lap("assemble")
     if group.is_main:   # the other ranks write nothing outside the cache
-        write_site(out, lambda writer: render_site(writer, report), protected)
+        # the site's table ends with rendering (its pages are written last); the swap shows in the log only
+        write_site(out, lambda writer: render_site(writer, report, lambda: timer.closing("render")),
+                   protected)
+        timer.lap("write")
         computed = ", ".join(ctx.computed) or "nothing (all cached)"
         log(f"wrote {out} in {time.perf_counter() - t0:.1f} s; computed: {computed}")
+        log("where the time went:\n" + timer.table(verbose))
     group.barrier()
     return out

@@ -30,7 +30,8 @@ def cmd_build(args) -> int:
     group = init_from_env(pick_device(spec.device))   # under torchrun: this process's rank
     try:
         out = build(spec, out=Path(args.out).absolute() if args.out else None, use_cache=not args.no_cache,
-                    progress=not args.quiet, log=_log, group=group, strict=args.strict)
+                    progress=not args.quiet, log=_log, group=group, strict=args.strict,
+                    verbose=args.verbose)
     except PeerLost as exc:
         raise group.named(exc) from None   # which rank stopped, asked while the group still stands
     finally:
@@ -105,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="output directory (overrides the spec's 'output')")
     p.add_argument("--no-cache", action="store_true", help="recompute everything")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("-v", "--verbose", action="store_true", help="the closing time table has a row per layer")
     p.add_argument("--strict", action="store_true",
                    help="fail when a part of the report cannot be made for this model (default: a note in the report)")
     p.add_argument("--single-file", nargs="?", const="", default=None, metavar="HTML",

@@ -33,9 +33,9 @@ TSNE_FFT_FROM = 4000
 class Work:
     """What a phase will do, in units the probe prices. Counts are images, each through the model up to
     `layer` (None: the whole model) at `size` (None: the model's input size)."""
-    forward: int = 0                       # images through the model without gradients
-    backward: int = 0                      # images through the model and back to the input
-    loads: int = 0                         # dataset images read, decoded and resized
+    forward: float = 0                     # images through the model without gradients
+    backward: float = 0                    # images through the model and back to the input
+    loads: float = 0                       # dataset images read, decoded and resized
     tsne_points: int = 0                   # points embedded by t-SNE
     size: tuple[int, int] | None = None    # (H, W)
     layer: str | None = None               # module path where the forward stops
@@ -57,34 +57,47 @@ class Probe:
     from a timestamp at each layer during the same forward; load: reading one dataset image.
     """
 
-    def __init__(self, ctx, layers: set[str], target_seconds: float = 0.25):
+    def __init__(self, ctx, layers: set[str], budget: float = 0.5):
         model, device = ctx.model.module, ctx.device
+        x = ctx.batch(ctx.indices[:1])                        # (1, C, H, W); a dataset's first read may open files
+        loads = ctx.indices[1:9]
         t0 = time.perf_counter()
-        x = ctx.batch(ctx.indices[:1])                        # (1, C, H, W)
-        self.load = time.perf_counter() - t0
+        ctx.batch(loads)
+        self.load = (time.perf_counter() - t0) / max(1, len(loads))
         self.size = tuple(x.shape[-2:])
         self.fraction: dict[str, float] = {}
         training = model.training
         model.eval()
         try:
-            one = self._forward(model, x, device, {})          # warms up the kernels too
-            one = min(one, self._forward(model, x, device, {}))
-            # batches are cheaper per image than one image: time a batch that runs about `target_seconds`
-            n = int(np.clip(target_seconds / max(one, 1e-6), 1, 32))
-            xb = x.expand(n, *x.shape[1:]).contiguous()
-            stamps: dict[str, float] = {}
-            self.forward = self._forward(model, xb, device, {p: find_module(model, p) for p in layers}, stamps) / n
-            self.fraction = {p: min(1.0, s / (self.forward * n)) for p, s in stamps.items()}
-            self.backward = self._backward(model, xb, device) / n
+            self._forward(model, x, device, {}, {})                # warms up the kernels
+            modules = {p: find_module(model, p) for p in layers}
+            self.forward, stamps = self._best(lambda xb, st: self._forward(model, xb, device, modules, st), x, budget)
+            self.fraction = {p: min(1.0, t / (self.forward * n)) for p, (t, n) in stamps.items()}
+            self.backward, _ = self._best(lambda xb, _st: self._backward(model, xb, device), x, budget)
         finally:
             model.train(training)
+
+    @staticmethod
+    def _best(run, x, budget: float) -> tuple[float, dict]:
+        """The best seconds per image of `run(batch, stamps)` over batches of 1, 2, 4, … 32 copies of `x`, until
+        `budget` seconds are spent: a batch costs less per image than one image, and on a loaded machine a
+        thread's wake-up can cost more than a small model's whole forward. Also the stamps of that call."""
+        best, best_stamps, n, spent = math.inf, {}, 1, 0.0
+        while n <= 32 and spent < budget:
+            stamps: dict = {}
+            seconds = run(x.expand(n, *x.shape[1:]).contiguous(), stamps)
+            spent += seconds
+            if seconds / n < best:
+                best, best_stamps = seconds / n, {p: (t, n) for p, t in stamps.items()}
+            n *= 2
+        return best, best_stamps
 
     @staticmethod
     def _sync(device: str) -> None:
         if str(device).startswith("cuda"):
             torch.cuda.synchronize()
 
-    def _forward(self, model, x, device, modules: dict, stamps: dict | None = None) -> float:
+    def _forward(self, model, x, device, modules: dict, stamps: dict) -> float:
         def stamp(path):
             def hook(*_):
                 self._sync(device)
@@ -141,6 +154,11 @@ class Timer:
         self.rows.append(Row(phase, layer, now - self.last, cached))
         self.last = now
         return self.rows[-1].seconds
+
+    def closing(self, phase: str) -> dict:
+        """Lap `phase`, then the summary with every layer's row: what the site shows, written last."""
+        self.lap(phase)
+        return self.summary(verbose=True)
 
     def summary(self, verbose: bool = False) -> dict:
         """{"total_seconds", "phases": [...]}: a row per phase in order of first appearance (seconds summed over

@@ -9,8 +9,13 @@ from . import plots
 from .site import SiteWriter
 
 
-def render_site(writer: SiteWriter, built) -> None:
-    """Write the whole site for `built` (report.Built) through `writer`."""
+def render_site(writer: SiteWriter, built, timings=None) -> None:
+    """Write the whole site for `built` (report.Built) through `writer`.
+
+    timings: None, or a function returning the build's time summary (timing.Timer.summary), called once
+    after every other page is written so that rendering is in it: it goes to timings.json and to the
+    build page, never into report.json (it is the only content that differs between two builds of a spec).
+    """
     env = writer.env
     if built.template_folders:
         env.loader = ChoiceLoader([env.loader, *(FileSystemLoader(str(f)) for f in built.template_folders)])
@@ -31,9 +36,14 @@ def render_site(writer: SiteWriter, built) -> None:
     env.globals.update(widget=widget, fragments=built.templates)
     report = built.data
     writer.page("index.html", "index.html", report=report, crumbs=[], bokeh=bokeh(0))
-    for rel, template in built.page_templates.items():
+
+    def top_page(rel: str, **extra) -> None:
         title = next(p["title"] for p in report["pages"] if p["page"] == rel)
-        writer.page(rel, template, report=report, crumbs=[{"title": title, "page": None}], bokeh=bokeh(rel.count("/")))
+        writer.page(rel, built.page_templates[rel], report=report, crumbs=[{"title": title, "page": None}],
+                    bokeh=bokeh(rel.count("/")), **extra)
+    for rel in built.page_templates:
+        if rel != "build.html":   # last, with the timings
+            top_page(rel)
     for layer in report["layers"]:
         writer.page(layer["page"], "layer.html", report=report, layer=layer, bokeh=bokeh(2),
                     crumbs=[{"title": layer["name"], "page": None}])
@@ -44,3 +54,7 @@ def render_site(writer: SiteWriter, built) -> None:
                         crumbs=[{"title": layer["name"], "page": layer["page"]},
                                 {"title": f"filter {f['index']}", "page": None}])
     writer.json("report.json", report)
+    times = timings() if timings else None
+    if times:
+        writer.json("timings.json", times)
+    top_page("build.html", timings=times)
