@@ -15,6 +15,9 @@
    `attribution` list → new `attribution.records`, old `embedding` → new `explorer`/`overview_explorer`;
    kernel cells compared as the page shows them); keys only on one side are listed apart.
 
+The build's wall-clock timings differ between any two builds: `timings.json` and build.html's
+`<section id="timings">` are left out of every comparison.
+
 The HTML parser is the standard library's: the pages are our own templates' output, and a text diff
 needs no DOM.
 """
@@ -111,9 +114,13 @@ class _Visible(HTMLParser):
         self._flush()
 
 
+TIMINGS = "timings.json"
+TIMINGS_SECTION = re.compile(r'<section id="timings">.*?</section>', re.S)   # build.html's wall-clock table
+
+
 def visible(path: Path) -> _Visible:
     parser = _Visible()
-    parser.feed(path.read_text(encoding="utf-8", errors="replace"))
+    parser.feed(TIMINGS_SECTION.sub("", path.read_text(encoding="utf-8", errors="replace")))
     parser.close()
     return parser
 
@@ -228,11 +235,12 @@ def compare_links(old: Path, new: Path) -> None:
 
 # -- 3. images and other files ------------------------------------------------------------------------
 def compare_files(old: Path, new: Path) -> None:
-    """Images first, then every other file but the pages and report.json (sprite sheets, data, static)."""
+    """Images first, then every other file but the pages, report.json and timings.json (sprite sheets, data,
+    static)."""
     for title, exts in (("image files", IMAGE_EXTS), ("other files (not .html, not images)", None)):
         a, b = files(old), files(new)
         keep = (lambda p: Path(p).suffix.lower() in IMAGE_EXTS) if exts else \
-            (lambda p: Path(p).suffix.lower() not in IMAGE_EXTS | {".html"} and p != "report.json")
+            (lambda p: Path(p).suffix.lower() not in IMAGE_EXTS | {".html"} and p not in ("report.json", TIMINGS))
         a, b = {p for p in a if keep(p)}, {p for p in b if keep(p)}
         print(f"\n== {title}")
         for name, s in (("OLD", a), ("NEW", b)):
