@@ -1,13 +1,13 @@
-"""Dataset pass with 1 vs 2 processes (torchrun, gloo on CPU), measured in one run on the demo model.
+"""A build with 1 vs N processes (torchrun, gloo on CPU), measured in one run, interleaved, best of n.
 
-Each run is a whole `reportgen build --no-cache` of a spec that only records (3 layers × all filters over the
-10k shipped test images; no synthesis, circuits, attribution or embedding), so the pass dominates; each
-process gets one thread (torchrun's default), the single process too, so the ratio shows the parallel speed-up.
+Each run is a whole `reportgen build --no-cache`, as a user launches it: one process with the machine's
+threads (torch's default: one per core), against torchrun's N processes with one thread each (torchrun's
+default, OMP_NUM_THREADS=1). Two specs: `pass` records 3 layers × all filters over the 10k shipped test images
+and nothing else (the dataset pass dominates); `demo` is configs/fashion_mnist.yaml, every section.
 
-    python benchmarks/distributed.py [--nproc 2] [--repeats 2]
+    python benchmarks/distributed.py [--spec pass|demo] [--nproc 2] [--repeats 2]
 
-GPU figures (VGG19 block3_conv1 synthesis, 5k-image pass at 224 px) need a CUDA machine: run the same
-builds there with `device: cuda`; see the README's "Big runs".
+GPU figures need a CUDA machine: run the same builds there with `device: cuda`; see the README's "Big runs".
 """
 
 import argparse
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SPEC = f"""
+PASS_SPEC = f"""
 model:
   factory: reportgen.demo.fashion_cnn:build
   checkpoint: {ROOT}/reportgen/demo/fashion_cnn.pt
@@ -38,30 +38,35 @@ attribution: {{enabled: false}}
 """
 
 
-def run(folder: Path, nproc: int) -> float:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+def run(spec: Path, out: Path, nproc: int) -> float:
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
     launcher = [sys.executable] if nproc == 1 else \
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc)]
     t0 = time.perf_counter()
-    subprocess.run(launcher + ["-m", "reportgen", "build", "-q", "--no-cache", str(folder / "spec.yaml")],
-                   env=env, check=True, capture_output=True, cwd=folder)
+    subprocess.run(launcher + ["-m", "reportgen", "build", "-q", "--no-cache", "--out", str(out), str(spec)],
+                   env=env, check=True, capture_output=True)
     return time.perf_counter() - t0
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--spec", choices=["pass", "demo"], default="pass")
     p.add_argument("--nproc", type=int, default=2)
     p.add_argument("--repeats", type=int, default=2)
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        (folder / "spec.yaml").write_text(SPEC)
+        spec = ROOT / "configs" / "fashion_mnist.yaml"
+        if args.spec == "pass":
+            spec = folder / "spec.yaml"
+            spec.write_text(PASS_SPEC)
         one, many = [], []
-        for _ in range(args.repeats):   # interleaved, best of n
-            one.append(run(folder, 1))
-            many.append(run(folder, args.nproc))
-    print(f"demo CNN, 10k images, 3 layers: 1 process {min(one):.1f} s, {args.nproc} processes {min(many):.1f} s "
-          f"(whole build, incl. ~startup), speed-up {min(one) / min(many):.2f}x on {os.cpu_count()} cores")
+        for _ in range(args.repeats):
+            one.append(run(spec, folder / "one", 1))
+            many.append(run(spec, folder / "many", args.nproc))
+    print(f"{args.spec} spec: 1 process ({os.cpu_count()} threads) {min(one):.1f} s, {args.nproc} processes "
+          f"(1 thread each) {min(many):.1f} s: {min(one) / min(many):.2f}x on {os.cpu_count()} cores (whole build)")
 
 
 if __name__ == "__main__":
