@@ -141,7 +141,7 @@ def assemble(ctx, outcomes: dict, site) -> Built:
 
 def _model(ctx) -> dict:
     m = ctx.model
-    return {"sha256": m.sha256, "num_classes": len(m.classes), "source": m.source,
+    return {"sha256": m.sha256, "num_classes": len(m.classes), "class_ids": m.class_ids, "source": m.source,
             "input_size": list(m.input_size),
             "channels": m.channels, "mean": m.mean, "std": m.std,
             "architecture": [{"path": li.path, "alias": li.alias, "type": li.type,
@@ -151,7 +151,7 @@ def _model(ctx) -> dict:
 def _dataset(ctx) -> dict:
     d, ev = ctx.dataset, ctx.evidence
     return {"format": d.format, "split": ctx.spec.dataset.split, "size": d.size, "used": int(len(ctx.indices)),
-            "fingerprint": d.fingerprint, "classes": d.classes,
+            "fingerprint": d.fingerprint, "classes": d.classes, "class_ids": d.class_ids,
             "skipped": [{"dataset_index": int(i), "error": msg} for i, msg in ev.skipped[:20]],
             "skipped_count": len(ev.skipped)}
 

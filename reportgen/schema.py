@@ -6,8 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-SCHEMA_VERSION = 3   # 1: the first release (page context minus a blacklist); 2: data only, analyses by name;
-                     # 3: input sizes as [height, width]
+SCHEMA_VERSION = 4   # 1: the first release (page context minus a blacklist); 2: data only, analyses by name;
+                     # 3: input sizes as [height, width]; 4: model and dataset `class_ids`
 
 
 class _Strict(BaseModel):
@@ -104,6 +104,7 @@ class ArchitectureRow(_Strict):
 class ModelInfo(_Strict):
     sha256: str
     num_classes: int
+    class_ids: list[str] | None = Field(description="a stable id per output (ImageNet's synset IDs), if known")
     source: str
     input_size: list[int] = Field(min_length=2, max_length=2, description="[height, width] in pixels")
     channels: int
@@ -123,7 +124,8 @@ class DatasetInfo(_Strict):
     size: int
     used: int
     fingerprint: str
-    classes: list[str]
+    classes: list[str]           # after dataset.labels matching, the model's classes: labels are output indices
+    class_ids: list[str] | None = Field(description="a stable id per class (ImageNet's synset IDs), if known")
     skipped: list[Skip]
     skipped_count: int
 

@@ -230,6 +230,8 @@ def explorer_figure(
     size = 7 if n < 2000 else 5
     items, renderers, wrong_all = [], [], []
     for c, (name, color) in enumerate(zip(class_names, _palette(len(class_names)))):
+        if not (labels == c).any():
+            continue  # a class without points (40 of ImageNet's 1000) gets no legend entry
         pair = []
         for wrong in (False, True):
             keep = (labels == c) & ((preds != labels) if wrong else (preds == labels))
