@@ -158,8 +158,9 @@ class Analysis:
         """Lay `artifact` out (a dict {layer path: artifact} for a per-layer analysis) through `out`."""
         raise NotImplementedError
 
-    def cost(self, ctx: Context, layer: Layer | None = None) -> Work | None:
-        """What `compute` will do (on `layer`), counted for the up-front estimate; None: too little to price."""
+    def cost(self, ctx: Context, layer: Layer | None = None) -> Work | tuple[Work, ...] | None:
+        """What `compute` will do (on `layer`), counted for the up-front estimate (several Works where parts run
+        in different batches); None: too little to price."""
         return None
 
 
@@ -280,7 +281,7 @@ def _guarded(ctx: Context, a: Analysis, layer: Layer | None) -> tuple[Artifact |
         return None, why
 
 
-def analysis_costs(ctx: Context, outcomes: dict[str, Outcome]) -> dict[tuple[str, str | None], Work | None]:
+def analysis_costs(ctx: Context, outcomes: dict[str, Outcome]) -> dict[tuple[str, str | None], object]:
     """{(analysis, layer name or None): its Work} for what `run_analyses` will compute; None where the result
     is cached (or too small to price). Needs `ctx.evidence_key`, known before the pass (evidence.pass_keys)."""
     out = {}

@@ -48,7 +48,7 @@ def pass_cost(ctx) -> Work | None:
     """The pass's work for the up-front estimate: every image read and run forward, unless all is cached."""
     if all(ctx.cache.has("record", k) for k in pass_keys(ctx)[1].values()):
         return None
-    return Work(forward=len(ctx.indices), loads=len(ctx.indices))
+    return Work(forward=len(ctx.indices), batch=ctx.spec.dataset.batch_size, loads=len(ctx.indices))
 
 
 def gather_evidence(ctx) -> None:

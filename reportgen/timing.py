@@ -32,12 +32,13 @@ TSNE_FFT_FROM = 4000
 @dataclass(frozen=True)
 class Work:
     """What a phase will do, in units the probe prices. Counts are images, each through the model up to
-    `layer` (None: the whole model) at `size` (None: the model's input size)."""
+    `layer` (None: the whole model) at `size` (None: the model's input size), `batch` of them per call."""
     forward: float = 0                     # images through the model without gradients
     backward: float = 0                    # images through the model and back to the input
+    batch: int = 1                         # images per model call (a call costs more than its images)
     loads: float = 0                       # dataset images read, decoded and resized
     tsne_points: int = 0                   # points embedded by t-SNE
-    size: tuple[int, int] | None = None    # (H, W)
+    size: tuple[float, float] | None = None    # (H, W)
     layer: str | None = None               # module path where the forward stops
 
 
@@ -49,15 +50,24 @@ def tsne_seconds(n: int) -> float:
     return TSNE_FFT_FIXED + TSNE_FFT_PER_POINT * n
 
 
-class Probe:
-    """Seconds per image of the model on the build's device, measured once on a few dataset images.
+@dataclass(frozen=True)
+class Rate:
+    """Seconds of a model call on n images: `call + n * image` (fitted to a call on 1 image and one on 2-8)."""
+    call: float
+    image: float
 
-    forward / backward: whole model at the input size (backward: forward + gradient to the input, weights
-    frozen as feature vis runs them); fraction[layer]: the share of a forward spent up to `layer`'s output,
-    from a timestamp at each layer during the same forward; load: reading one dataset image.
+
+class Probe:
+    """What the model costs on the build's device, measured once on a dataset image.
+
+    forward / backward: `Rate`s of the whole model at the input size (backward: forward + gradient to the
+    input, weights frozen as feature vis runs them); fraction[layer]: the share of a forward spent up to
+    `layer`'s output, from a timestamp at each layer during one forward; load: reading one dataset image.
+    A call has a cost of its own (on a loaded CPU, threads waiting to be scheduled can cost more than a small
+    model's arithmetic), so each rate is fitted to two batch sizes.
     """
 
-    def __init__(self, ctx, layers: set[str], budget: float = 0.5):
+    def __init__(self, ctx, layers: set[str], budget: float = 1.0):
         model, device = ctx.model.module, ctx.device
         x = ctx.batch(ctx.indices[:1])                        # (1, C, H, W); a dataset's first read may open files
         loads = ctx.indices[1:9]
@@ -65,32 +75,28 @@ class Probe:
         ctx.batch(loads)
         self.load = (time.perf_counter() - t0) / max(1, len(loads))
         self.size = tuple(x.shape[-2:])
-        self.fraction: dict[str, float] = {}
         training = model.training
         model.eval()
         try:
-            self._forward(model, x, device, {}, {})                # warms up the kernels
             modules = {p: find_module(model, p) for p in layers}
-            self.forward, stamps = self._best(lambda xb, st: self._forward(model, xb, device, modules, st), x, budget)
-            self.fraction = {p: min(1.0, t / (self.forward * n)) for p, (t, n) in stamps.items()}
-            self.backward, _ = self._best(lambda xb, _st: self._backward(model, xb, device), x, budget)
+            stamps: dict[str, float] = {}
+            self._forward(model, x, device, {}, {})                # warms up the kernels
+            one = self._forward(model, x, device, modules, stamps)
+            self.fraction = {p: min(1.0, t / one) for p, t in stamps.items()}
+            n = int(np.clip(budget / one, 2, 8))     # the larger batch, as large as a second allows
+            many = self._forward(model, x.expand(n, *x.shape[1:]).contiguous(), device, {}, {})
+            self.forward = self._fit(one, many, n)
+            self.backward = self._fit(self._backward(model, x, device), self._backward(
+                model, x.expand(n, *x.shape[1:]).contiguous(), device), n)
         finally:
             model.train(training)
 
     @staticmethod
-    def _best(run, x, budget: float) -> tuple[float, dict]:
-        """The best seconds per image of `run(batch, stamps)` over batches of 1, 2, 4, … 32 copies of `x`, until
-        `budget` seconds are spent: a batch costs less per image than one image, and on a loaded machine a
-        thread's wake-up can cost more than a small model's whole forward. Also the stamps of that call."""
-        best, best_stamps, n, spent = math.inf, {}, 1, 0.0
-        while n <= 32 and spent < budget:
-            stamps: dict = {}
-            seconds = run(x.expand(n, *x.shape[1:]).contiguous(), stamps)
-            spent += seconds
-            if seconds / n < best:
-                best, best_stamps = seconds / n, {p: (t, n) for p, t in stamps.items()}
-            n *= 2
-        return best, best_stamps
+    def _fit(one: float, many: float, n: int) -> Rate:
+        image = (many - one) / (n - 1) if n > 1 else one
+        if image <= 0 or image > one:   # noise: the larger call alone
+            return Rate(0.0, many / n)
+        return Rate(one - image, image)
 
     @staticmethod
     def _sync(device: str) -> None:
@@ -126,12 +132,16 @@ class Probe:
             for p, flag in grads:
                 p.requires_grad_(flag)
 
-    def price(self, w: Work) -> float:
-        """Estimated seconds of `w` on this machine."""
+    def price(self, w: Work | tuple[Work, ...]) -> float:
+        """Estimated seconds of `w` (or the sum of several) on this machine: its calls and its images, scaled
+        by the share of the model they run through and (the images) by their area."""
+        if isinstance(w, tuple):
+            return sum(self.price(part) for part in w)
         area = 1.0 if w.size is None else (w.size[0] * w.size[1]) / (self.size[0] * self.size[1])
         depth = 1.0 if w.layer is None else self.fraction.get(w.layer, 1.0)
-        return ((w.forward * self.forward + w.backward * self.backward) * area * depth
-                + w.loads * self.load + tsne_seconds(w.tsne_points))
+        model = sum(count / max(1, w.batch) * rate.call + count * rate.image * area
+                    for count, rate in ((w.forward, self.forward), (w.backward, self.backward)))
+        return model * depth + w.loads * self.load + tsne_seconds(w.tsne_points)
 
 
 @dataclass

@@ -106,8 +106,8 @@ class AttributionMaps(Analysis):
         runs = n * (2 if s.target == "both" else 1) * (2 if s.sanity_check else 1)   # the sanity check reruns
         window, stride = _window(ctx)
         windows = np.prod([len(window_positions(side, window, stride)[0]) for side in ctx.model.input_size])
-        return Work(forward=n + runs * windows * ("occlusion" in s.methods), loads=n,
-                    backward=runs * sum(BACKWARDS.get(m, 0) for m in s.methods))
+        return (Work(forward=n, backward=runs * sum(BACKWARDS.get(m, 0) for m in s.methods), batch=8, loads=n),
+                Work(forward=runs * windows * ("occlusion" in s.methods), batch=128))   # occlusion's batches
 
     def compute(self, ctx, layer):
         s = ctx.spec.attribution
@@ -215,7 +215,8 @@ class GuidedBackprop(Analysis):
         return at.guided_unsupported(ctx.model.module)
 
     def cost(self, ctx, layer):
-        return Work(backward=self.TOP * len(layer.filters), loads=self.TOP * len(layer.filters), layer=layer.path)
+        n = self.TOP * len(layer.filters)
+        return Work(backward=n, batch=self.TOP, loads=n, layer=layer.path)
 
     def compute(self, ctx, layer):
         top = ctx.evidence.layers[layer.path].top.index

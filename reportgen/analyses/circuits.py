@@ -95,7 +95,7 @@ class Circuits(Analysis):
 
     def cost(self, ctx, layer):   # the conv's input on each filter's top images (at most)
         n = min(len(ctx.indices), ctx.spec.record.top_k * len(layer.filters))
-        return Work(forward=n, loads=n, layer=layer.path)
+        return Work(forward=n, batch=128, loads=n, layer=layer.path)
 
     def compute(self, ctx, layer):
         model = ctx.model.module

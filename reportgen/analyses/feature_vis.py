@@ -58,9 +58,12 @@ def _optimizer(ctx, layer_path: str | None, kind: str) -> Optimizer:
 
 
 def _cost(ctx, layer_path: str | None, kind: str, images: int) -> Work:
-    """`images` optimized for the spec's steps: one backward pass each per step, a coarse step costing its area."""
-    area = float(np.mean(np.square(_optimizer(ctx, layer_path, kind).sizes)))
-    return Work(backward=images * ctx.spec.feature_vis.steps * area, size=image_size(ctx), layer=layer_path)
+    """`images` optimized for the spec's steps, a batch at a time: one backward pass each per step, at the
+    size whose area is the steps' mean area (coarse to fine: smaller at first)."""
+    opt = _optimizer(ctx, layer_path, kind)
+    scale = float(np.sqrt(np.mean(np.square(opt.sizes))))
+    return Work(backward=images * opt.steps, batch=max(1, min(images, opt.batch_size)), layer=layer_path,
+                size=tuple(side * scale for side in image_size(ctx)))
 
 
 PROGRESSIVE_SIZES = (0.5, 0.75, 1.0)    # image side by thirds of the steps (`feature_vis.progressive`)
