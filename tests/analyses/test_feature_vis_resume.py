@@ -1,0 +1,82 @@
+"""A build stopped during feature visualization resumes with the batches it had finished.
+
+FeatureVis caches each optimizer batch on its own (`Context.cached_parts`): the build is interrupted after
+two of three batches of a layer, and the rerun must synthesize only the third and give the bytes of a build
+that was never interrupted (built in another folder, so with its own cache).
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+
+import reportgen.analyses.feature_vis as feature_vis
+from reportgen.build import build
+from reportgen.spec import load_spec
+from tests.helpers.tiny import FASHION_DIR
+
+SPEC = f"""
+seed: 3
+model:
+  factory: tests.helpers.tiny:tiny_cnn
+  mean: [0.5]
+  std: [0.25]
+  input_size: 28
+dataset:
+  format: fashion-mnist
+  root: {FASHION_DIR}
+  limit: 60
+  samples: 2
+layers:
+  - name: features.c3
+    filters: [0, 1, 2, 3, 4, 5]
+feature_vis: {{steps: 5, batch_size: 2, classes: []}}
+circuit: {{enabled: false}}
+attribution: {{enabled: false}}
+"""
+
+
+SYNTHESIZE = feature_vis.synthesize
+
+
+class Stop(BaseException):
+    """Stands for a kill: not an Exception, so no analysis catches it."""
+
+
+def counting(monkeypatch, stop_after=None) -> list:
+    """Record the units of every `synthesize` call FeatureVis makes; raise Stop once `stop_after` are done."""
+    calls = []
+
+    def synthesize(model, objective, *args, **kwargs):
+        if stop_after is not None and len(calls) == stop_after:
+            raise Stop
+        calls.append(list(objective.units))
+        return SYNTHESIZE(model, objective, *args, **kwargs)
+    monkeypatch.setattr(feature_vis, "synthesize", synthesize)
+    return calls
+
+
+def build_in(folder: Path) -> tuple[dict, dict[str, bytes]]:
+    folder.mkdir(exist_ok=True)
+    (folder / "spec.yaml").write_text(SPEC)
+    out = build(load_spec(folder / "spec.yaml"), progress=False, log=lambda *_: None)
+    filters = json.loads((out / "report.json").read_text())["layers"][0]["filters"]
+    vis = {f["index"]: f["feature_vis"] for f in filters}
+    return vis, {p.name: p.read_bytes() for p in sorted(out.rglob("*_vis.png"))}
+
+
+def test_a_stopped_build_resumes_with_its_finished_batches(tmp_path, monkeypatch):
+    calls = counting(monkeypatch, stop_after=2)
+    with pytest.raises(Stop):
+        build_in(tmp_path / "stopped")
+    assert calls == [[0, 1], [2, 3]]
+
+    calls = counting(monkeypatch)
+    resumed = build_in(tmp_path / "stopped")
+    assert calls == [[4, 5]]                       # only the batch the stop interrupted
+
+    calls = counting(monkeypatch)
+    whole = build_in(tmp_path / "whole")
+    assert calls == [[0, 1], [2, 3], [4, 5]]
+    assert resumed[0] == whole[0]
+    assert len(whole[1]) == 6 and resumed[1] == whole[1]
