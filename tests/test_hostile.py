@@ -36,7 +36,7 @@ def write_images(root: Path):
 SPEC = """
 title: '<img src=x onerror=alert(1)>'
 model: {factory: rgbnet:build, channels: 3, input_size: 32, classes: ['<b>zero</b>', one, two, three, four, five, six, seven, eight, nine]}
-dataset: {format: imagefolder, root: images, samples: 3}
+dataset: {format: imagefolder, root: images, samples: 3, labels: folder}   # names ≠ folders: trusted
 layers:
   - {name: block1_conv1, filters: all, embedding: pca}
 feature_vis: {steps: 4}
