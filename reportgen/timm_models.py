@@ -47,7 +47,7 @@ def from_timm(spec: ModelSpec) -> tuple[nn.Module, dict]:
         source = f"timm {name} ({spec.pretrained_file.name})"
     else:
         source = f"timm {name}" + ("" if spec.pretrained else " (random weights)")
-    return module, {"source": source, **data_info(module, name)} | _classes(module)
+    return module, {"source": source, **data_info(module, name, kwargs["in_chans"])} | _classes(module)
 
 
 def _check_name(name: str) -> str:
@@ -101,11 +101,11 @@ def _create(name: str, spec: ModelSpec, kwargs: dict) -> nn.Module:
         raise ModelError(f"cannot build timm model {name!r} ({detail[:300]})") from None
 
 
-def data_info(module: nn.Module, name: str) -> dict:
+def data_info(module: nn.Module, name: str, channels: int) -> dict:
     """How timm's eval transform feeds the model: input_size (H, W), mean, std, interpolation, crop_pct."""
     cfg = timm.data.resolve_model_data_config(module)
     mean, std = list(cfg["mean"]), list(cfg["std"])
-    if cfg["input_size"][0] == 1 and len(mean) == 3:
+    if channels == 1 and len(mean) == 3:
         # in_chans=1 sums the first conv's RGB weights: a gray pixel stands for equal R, G and B
         mean, std = [sum(mean) / 3], [sum(std) / 3]
     if cfg.get("crop_mode", "center") != "center":

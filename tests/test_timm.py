@@ -81,6 +81,8 @@ feature_vis:
   classes: [0]
 attribution:
   images: 1
+  window: 40
+  stride: 40
   sanity_check: false
 """
 
@@ -104,6 +106,9 @@ def test_timm_model_builds_with_its_data_config(tmp_path):
     # test_convnext's cfg normalizes with 0.5, not the ImageNet statistics reportgen assumes without one
     assert (model["mean"], model["std"]) == ([0.5] * 3, [0.5] * 3)
     assert report["dataset"]["used"] == 6
+    # the WNID folders are read as ImageNet's outputs 0-2, named as torchvision names them
+    assert model["class_ids"][:3] == list(WNIDS)
+    assert report["dataset"]["classes"][:3] == ["tench", "goldfish", "great white shark"]
     conv_dw, stage = report["layers"]
     assert (conv_dw["path"], stage["path"]) == ("stages.1.blocks.1.conv_dw", "stages.1")
     assert conv_dw["absent"] == {}
@@ -209,6 +214,14 @@ def test_pretrained_weights_missing_offline_is_a_clear_error(tmp_path, monkeypat
     assert message.startswith("timm's weights for 'test_resnet' are not cached and cannot be downloaded (")
     assert message.endswith("give a local copy as model.pretrained_file, or set model.pretrained: false for "
                             "random weights") and "\n" not in message
+
+
+def test_grey_input_averages_the_normalization(tmp_path):
+    """model.channels: 1 builds timm's in_chans=1 variant (its first conv takes one channel)."""
+    model = load_model(ModelSpec(timm="resnet10t", pretrained=False, channels=1), tmp_path)
+    assert model.channels == 1 and model.module.conv1[0].in_channels == 1
+    assert model.mean == pytest.approx([(0.485 + 0.456 + 0.406) / 3])
+    assert model.std == pytest.approx([(0.229 + 0.224 + 0.225) / 3])
 
 
 def test_timm_layer_names_are_listed_with_their_shapes():
