@@ -104,8 +104,8 @@ def build(spec: Spec, out: Path | None = None, use_cache: bool = True, progress:
         write_site(out, lambda writer: render_site(writer, report, lambda: timer.closing("render")),
                    protected)
         timer.lap("write")
+        log("where the time went:\n" + timer.table(verbose))
         computed = ", ".join(ctx.computed) or "nothing (all cached)"
         log(f"wrote {out} in {time.perf_counter() - t0:.1f} s; computed: {computed}")
-        log("where the time went:\n" + timer.table(verbose))
     group.barrier()
     return out
