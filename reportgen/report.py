@@ -111,7 +111,7 @@ def assemble(ctx, outcomes: dict, site) -> Built:
     built = Built(data={})
     built.data.update(
         schema_version=SCHEMA_VERSION, title=ctx.spec.title, seed=ctx.spec.seed, reportgen_version=__version__,
-        model=_model(ctx), dataset=_dataset(ctx), accuracy=_accuracy(ctx), samples=_samples(ctx, built),
+        model=_model(ctx), dataset=_dataset(ctx), samples=_samples(ctx, built),
         layers=[_layer(ctx, built, l) for l in ctx.layers],
         analyses=[{"name": o.analysis.name, "version": o.analysis.version, "absent": o.absent}
                   for o in outcomes.values()],
@@ -154,14 +154,6 @@ def _dataset(ctx) -> dict:
             "fingerprint": d.fingerprint, "classes": d.classes, "class_ids": d.class_ids,
             "skipped": [{"dataset_index": int(i), "error": msg} for i, msg in ev.skipped[:20]],
             "skipped_count": len(ev.skipped)}
-
-
-def _accuracy(ctx) -> float | None:
-    ev = ctx.evidence
-    labels = ctx.dataset.labels[ev.pred_index]
-    if len(labels) == 0 or len(ctx.model.classes) != len(ctx.dataset.classes):
-        return None  # the model's outputs are not the dataset's classes: no accuracy to state
-    return rounded(float((labels == ev.preds).mean()))
 
 
 def _samples(ctx, built) -> list[dict]:

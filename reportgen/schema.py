@@ -7,7 +7,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 SCHEMA_VERSION = 4   # 1: the first release (page context minus a blacklist); 2: data only, analyses by name;
-                     # 3: input sizes as [height, width]; 4: model and dataset `class_ids`
+                     # 3: input sizes as [height, width]; 4: `accuracy` is the accuracy analysis' part,
+                     # model and dataset `class_ids`
 
 
 class _Strict(BaseModel):
@@ -148,7 +149,6 @@ class Report(_Strict):
     reportgen_version: str
     model: ModelInfo
     dataset: DatasetInfo
-    accuracy: float | None
     samples: list[Sample]
     layers: list[Layer]
     analyses: list[AnalysisStatus]

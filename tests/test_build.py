@@ -99,7 +99,7 @@ FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sanda
 def test_accuracy_and_samples(site):
     out, report = site
     idx, labels, _, logits = direct_outputs("features.c3")
-    assert report["accuracy"] == pytest.approx((logits.argmax(1).numpy() == labels[idx]).mean(), abs=1e-6)
+    assert report["accuracy"]["top1"] == pytest.approx((logits.argmax(1).numpy() == labels[idx]).mean(), abs=1e-6)
     assert report["dataset"] | {"fingerprint": None} == report["dataset"] | {
         "format": "fashion-mnist", "size": 10000, "used": 300, "fingerprint": None}
     assert report["model"]["num_classes"] == 10 and len(report["model"]["sha256"]) == 64

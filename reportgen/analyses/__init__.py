@@ -5,12 +5,13 @@ their sections appear in this order. Math they share lives in the subpackages an
 (featvis/, attribution/, kernels.py, embedding.py), which know nothing of reports.
 """
 
+from .accuracy import Accuracy
 from .attribution_maps import AttributionMaps, GuidedBackprop
 from .circuits import Circuits, FirstLayerFilters
 from .explorer import LayerExplorer, OverviewExplorer
 from .feature_vis import ClassModels, FeatureVis
 
-ANALYSES = [FeatureVis(), FirstLayerFilters(), ClassModels(), Circuits(), GuidedBackprop(), LayerExplorer(),
+ANALYSES = [Accuracy(), FeatureVis(), FirstLayerFilters(), ClassModels(), Circuits(), GuidedBackprop(), LayerExplorer(),
             OverviewExplorer(), AttributionMaps()]
 
 __all__ = ["ANALYSES"]
