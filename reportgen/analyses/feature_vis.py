@@ -10,6 +10,7 @@ from tqdm import tqdm
 
 from ..analysis import Analysis
 from ..report import rounded
+from ..spec import FeatureVisSpec
 from ..timing import Work
 from .featvis import Objective, Optimizer, Parameterization, RandomAffine, synthesize
 
@@ -47,13 +48,17 @@ PART_VERSION = 1        # bump when a part's result changes meaning: the parts' 
 
 
 def _optimizer(ctx, layer_path: str | None, kind: str) -> Optimizer:
-    """The loop's settings for a layer: `feature_vis`'s, coarse to fine where the layer's output allows it."""
-    s = ctx.spec.feature_vis
-    batch = s.batch_size or (64 if ctx.device == "cpu" else 256)
+    """The loop's settings for a layer (its objective `kind`)."""
+    return optimizer_for(ctx.spec.feature_vis, image_size(ctx), kind, ctx.spec.seed, ctx.device)
+
+
+def optimizer_for(s: FeatureVisSpec, size: tuple[int, int], kind: str, seed: int, device: str = "cpu") -> Optimizer:
+    """The loop's settings from a `feature_vis` spec section, for images of `size` (H, W) maximizing `kind`."""
+    batch = s.batch_size or (64 if device == "cpu" else 256)
     # Smaller images need a model that takes any size (not the class logits of a fixed-size flatten) and
     # room left: below 64 px the coarse stages would shrink deep layers to nothing.
-    coarse = s.progressive and kind != "logit" and min(image_size(ctx)) >= MIN_PROGRESSIVE
-    return Optimizer(steps=s.steps, lr=s.lr, seed=ctx.spec.seed, batch_size=batch,
+    coarse = s.progressive and kind != "logit" and min(size) >= MIN_PROGRESSIVE
+    return Optimizer(steps=s.steps, lr=s.lr, seed=seed, batch_size=batch,
                      sizes=PROGRESSIVE_SIZES if coarse else (1.0,), lr_final=s.lr_final)
 
 

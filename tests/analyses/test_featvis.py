@@ -423,3 +423,66 @@ def test_synthesis_at_a_non_square_size():
     np.testing.assert_allclose(result.activation, direct, rtol=1e-4, atol=1e-5)
     with pytest.raises(SpecError, match=r"^size: must be at least 8 on each side; got \(24, 4\).$"):
         Parameterization(3, mean=[0.5] * 3, std=[0.25] * 3, size=(24, 4))
+
+
+# -- coarse to fine: smaller images first, then the full size ----------------------------------------------------
+def test_a_smaller_fourier_image_is_the_full_one_low_passed_and_sampled():
+    # Only frequencies the 16 px grid holds (|f| < 8 cycles per 32 px): the 16 px image is every other pixel.
+    param = fourier_image([torch.Generator()], 1, 32, decorrelate=False, gain=1.0)
+    spectrum = np.zeros((32, 17), complex)
+    for (fy, fx), c in {(0, 0): 0.3, (3, 2): 1.0, (-5, 4): 0.5 - 0.7j, (7, 7): -0.4j}.items():
+        spectrum[fy % 32, fx] = c
+    with torch.no_grad():
+        param.params[0].zero_()
+        param.params[0][0, 0, ..., 0] = torch.from_numpy(spectrum.real)
+        param.params[0][0, 0, ..., 1] = torch.from_numpy(spectrum.imag)
+        small = torch.logit(param.image(16)[0, 0].double()).numpy()
+        full = torch.logit(param.image()[0, 0].double()).numpy()
+    expected = np.fft.irfft2(spectrum * frequency_scale(32).numpy(), s=(32, 32), norm="ortho")
+    np.testing.assert_allclose(full, expected, atol=1e-4)
+    np.testing.assert_allclose(small, expected[::2, ::2], atol=1e-4)
+    assert param.image((12, 20)).shape == (1, 1, 12, 20)
+
+
+def test_a_smaller_pixel_image_averages_the_full_one():
+    param = pixel_image([torch.Generator()], 1, 16)
+    with torch.no_grad():
+        param.params[0].copy_(torch.arange(16.0).repeat(16, 1) / 15)            # a horizontal ramp
+    small = param.image(8)[0, 0]
+    # each 2-pixel-wide antialiased sample lies between its neighbours' values; the ramp stays a ramp
+    assert small.shape == (8, 8) and (small[:, 1:] > small[:, :-1]).all()
+    np.testing.assert_allclose(small.mean().item(), 0.5, atol=1e-6)
+    assert param.image() is param.params[0]
+
+
+def test_optimizer_stages_sizes_and_steps():
+    opt = Optimizer(steps=12, sizes=(0.5, 0.75, 1))
+    assert [opt.size_at(t, (128, 64)) for t in (0, 3, 4, 7, 8, 11)] == \
+        [(64, 32), (64, 32), (96, 48), (96, 48), (128, 64), (128, 64)]
+    assert opt.work((128, 64)) == pytest.approx(4 * (0.25 + 0.5625 + 1))
+    assert Optimizer(steps=5).work((24, 24)) == 5
+    assert Optimizer(steps=2, sizes=(0.5, 1)).size_at(0, (10, 10)) == (8, 8)        # never below 8 px
+    with pytest.raises(SpecError, match=r"^sizes: must grow to 1 \(fractions of the final size\); got \[1.0, 0.5\].$"):
+        Optimizer(sizes=(1, 0.5))
+
+
+def test_optimizer_cosine_step_size():
+    opt = Optimizer(steps=11, lr=0.1, lr_final=0.01)
+    assert opt.lr_at(0) == pytest.approx(0.1) and opt.lr_at(10) == pytest.approx(0.01)
+    assert opt.lr_at(5) == pytest.approx(0.055)
+    assert [opt.lr_at(t) for t in range(11)] == sorted((opt.lr_at(t) for t in range(11)), reverse=True)
+    assert Optimizer(steps=11, lr=0.1).lr_at(7) == 0.1
+
+
+@pytest.mark.parametrize("layer,objective", [("conv2", "channel"), ("relu2", "neuron")])
+def test_coarse_to_fine_synthesis_rises_and_reproduces(layer, objective):
+    model = conv_net(3)
+    units = [0, 1, 2, 3]
+    result = run(model, layer, units, objective=objective, sizes=(0.5, 0.75, 1.0))
+    noise = (torch.rand(64, SIZE, SIZE, 3, generator=torch.Generator().manual_seed(5)) * 255).byte().numpy()
+    best_random = [direct_objective(model, layer, objective, noise, [u] * 64, 3).max() for u in units]
+    assert (result.activation > best_random).all()
+    direct = direct_objective(model, layer, objective, result.images, units, 3)
+    np.testing.assert_allclose(result.activation, direct, rtol=1e-4, atol=1e-5)
+    again = run(model, layer, units, objective=objective, sizes=(0.5, 0.75, 1.0))
+    assert result.images.tobytes() == again.images.tobytes()

@@ -1,4 +1,4 @@
-"""A build stopped during feature visualization resumes with the batches it had finished.
+"""The FeatureVis analysis: its loop settings, and a stopped build resuming with the batches it had finished.
 
 FeatureVis caches each optimizer batch on its own (`Context.cached_parts`): the build is interrupted after
 two of three batches of a layer, and the rerun must synthesize only the third and give the bytes of a build
@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 import reportgen.analyses.feature_vis as feature_vis
+from reportgen.analyses.featvis import Optimizer
 from reportgen.build import build
-from reportgen.spec import load_spec
+from reportgen.spec import FeatureVisSpec, load_spec
 from tests.helpers.tiny import FASHION_DIR
 
 SPEC = f"""
@@ -80,3 +81,14 @@ def test_a_stopped_build_resumes_with_its_finished_batches(tmp_path, monkeypatch
     assert calls == [[0, 1], [2, 3], [4, 5]]
     assert resumed[0] == whole[0]
     assert len(whole[1]) == 6 and resumed[1] == whole[1]
+
+
+def test_coarse_to_fine_only_where_the_images_can_shrink():
+    s = FeatureVisSpec(progressive=True, steps=96, lr=0.1)
+    opt = feature_vis.optimizer_for(s, (128, 96), "channel", seed=2)
+    assert opt == Optimizer(steps=96, lr=0.1, seed=2, batch_size=64, sizes=feature_vis.PROGRESSIVE_SIZES)
+    assert feature_vis.optimizer_for(s, (128, 96), "channel", seed=2, device="cuda").batch_size == 256
+    assert feature_vis.optimizer_for(s, (28, 28), "channel", seed=2).sizes == (1.0,)     # too small to shrink
+    assert feature_vis.optimizer_for(s, (128, 128), "logit", seed=2).sizes == (1.0,)     # the model's fixed input
+    assert feature_vis.optimizer_for(s.model_copy(update={"progressive": False}), (128, 128), "channel",
+                                     seed=2).sizes == (1.0,)
