@@ -46,7 +46,10 @@ def test_vgg19_lab_config_offline(tmp_path, monkeypatch):
 
     report = json.loads((out / "report.json").read_text())
     assert report["model"]["source"] == "torchvision vgg19 (VGG19_Weights.IMAGENET1K_V1)"
-    assert report["model"]["num_classes"] == 1000 and report["accuracy"] is None
+    assert report["model"]["num_classes"] == 1000
+    # folders named like the weights' categories are labelled with those outputs (tabby 281, goldfish 1)
+    assert {(s["name"].split("/")[0], s["label"], s["class"]) for s in report["samples"]} <= {
+        ("tabby", 281, "tabby"), ("goldfish", 1, "goldfish")}
     block3 = next(l for l in report["layers"] if l["name"] == "block3_conv1")
     assert [f["index"] for f in block3["filters"]] == [9, 31]
     f31 = block3["filters"][1]
