@@ -261,3 +261,23 @@ def test_the_cli_refuses_a_foreign_folder_with_exit_2(torch_home, tmp_path, caps
     assert main(["build", str(tmp_path / "spec.yaml"), "-q"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: dataset.labels: class folders 'cat', 'dog' match none of the model's 1000 classes")
+
+
+@pytest.mark.parametrize("dataset, message", [
+    ("{format: mnist, root: ., labels_file: l.csv}", "'labels_file' is for imagefolder datasets; mnist has its own labels"),
+    ("{format: imagefolder, root: ., labels_file: l.csv, labels: folder}",
+     "'labels: folder' trusts class folders' order, but 'labels_file' gives the labels; remove one of them"),
+    ("{format: imagefolder, root: ., labels: wnid}", "Input should be 'auto' or 'folder'"),
+])
+def test_label_keys_are_checked_with_the_spec(tmp_path, dataset, message):
+    (tmp_path / "spec.yaml").write_text(f"model: {{torchvision: resnet18}}\ndataset: {dataset}\nlayers: [{{name: conv1}}]\n")
+    with pytest.raises(SpecError) as info:
+        load_spec(tmp_path / "spec.yaml")
+    assert (info.value.key, info.value.message) == ("dataset.labels" if "wnid" in dataset else "dataset", message)
+
+
+def test_a_labels_file_path_is_relative_to_the_spec(tmp_path):
+    (tmp_path / "spec.yaml").write_text("model: {torchvision: resnet18}\n"
+                                        "dataset: {format: imagefolder, root: val, labels_file: meta/l.csv}\n"
+                                        "layers: [{name: conv1}]\n")
+    assert load_spec(tmp_path / "spec.yaml").dataset.labels_file == tmp_path / "meta" / "l.csv"
