@@ -203,11 +203,36 @@ def test_pretrained_file_is_read_by_timms_loader(tmp_path):
         load_model(ModelSpec(timm="test_convnext", pretrained_file=tmp_path / "missing.pth"), tmp_path)
 
 
-def test_pretrained_weights_missing_offline_is_a_clear_error(tmp_path, monkeypatch):
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch) -> Path:
+    """An empty Hugging Face cache in tmp_path, offline (no network retries in a test)."""
     import huggingface_hub.constants
 
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)   # no network retries in a test
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    return tmp_path / "hub"
+
+
+def test_pretrained_weights_come_from_the_hugging_face_cache(tmp_path, offline_hub):
+    """The default (pretrained: true) reads the weights timm names for the model from the hub's cache, laid out
+    as huggingface_hub lays out a download of timm/test_resnet.r160_in1k."""
+    from safetensors.torch import save_file
+
+    repo, revision = offline_hub / "models--timm--test_resnet.r160_in1k", "0" * 40
+    (repo / "snapshots" / revision).mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    torch.manual_seed(0)
+    saved = timm.create_model("test_resnet")
+    save_file(saved.state_dict(), repo / "snapshots" / revision / "model.safetensors")
+    model = load_model(load_spec_text(tmp_path, "model: {timm: test_resnet}\n").model, tmp_path)
+    x, expected = reference_outputs(saved)
+    with torch.inference_mode():
+        assert torch.equal(model.module(x), expected)
+    assert model.source == "timm test_resnet" and model.class_ids[0] == WNIDS[0]
+
+
+def test_pretrained_weights_missing_offline_is_a_clear_error(tmp_path, offline_hub):
     with pytest.raises(ModelError) as info:
         load_model(ModelSpec(timm="test_resnet"), tmp_path)
     message = str(info.value)
