@@ -281,3 +281,17 @@ def test_a_labels_file_path_is_relative_to_the_spec(tmp_path):
                                         "dataset: {format: imagefolder, root: val, labels_file: meta/l.csv}\n"
                                         "layers: [{name: conv1}]\n")
     assert load_spec(tmp_path / "spec.yaml").dataset.labels_file == tmp_path / "meta" / "l.csv"
+
+
+def test_an_output_holding_the_labels_file_is_refused(tmp_path):
+    from reportgen.render.site import SITE_MARKER
+
+    (tmp_path / "old-site").mkdir()
+    (tmp_path / "old-site" / SITE_MARKER).write_text("")
+    (tmp_path / "old-site" / "l.csv").write_text(f"a.JPEG,{AXOLOTL}\n")   # replacing the site would delete it
+    (tmp_path / "spec.yaml").write_text("output: old-site\nmodel: {torchvision: resnet18}\n"
+                                        "dataset: {format: imagefolder, root: val, labels_file: old-site/l.csv}\n"
+                                        "layers: [{name: conv1}]\n")
+    with pytest.raises(SpecError) as info:
+        build(load_spec(tmp_path / "spec.yaml"), progress=False, log=lambda *_: None)
+    assert info.value.key == "output" and "l.csv" in info.value.message
