@@ -59,7 +59,7 @@ def optimizer_for(s: FeatureVisSpec, size: tuple[int, int], kind: str, seed: int
     # room left: below 64 px the coarse stages would shrink deep layers to nothing.
     coarse = s.progressive and kind != "logit" and min(size) >= MIN_PROGRESSIVE
     return Optimizer(steps=s.steps, lr=s.lr, seed=seed, batch_size=batch,
-                     sizes=PROGRESSIVE_SIZES if coarse else (1.0,), lr_final=s.lr_final)
+                     sizes=PROGRESSIVE_SIZES if coarse else (1.0,))
 
 
 def _cost(ctx, layer_path: str | None, kind: str, images: int) -> Work:

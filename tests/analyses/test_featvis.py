@@ -466,14 +466,6 @@ def test_optimizer_stages_sizes_and_steps():
         Optimizer(sizes=(1, 0.5))
 
 
-def test_optimizer_cosine_step_size():
-    opt = Optimizer(steps=11, lr=0.1, lr_final=0.01)
-    assert opt.lr_at(0) == pytest.approx(0.1) and opt.lr_at(10) == pytest.approx(0.01)
-    assert opt.lr_at(5) == pytest.approx(0.055)
-    assert [opt.lr_at(t) for t in range(11)] == sorted((opt.lr_at(t) for t in range(11)), reverse=True)
-    assert Optimizer(steps=11, lr=0.1).lr_at(7) == 0.1
-
-
 @pytest.mark.parametrize("layer,objective", [("conv2", "channel"), ("relu2", "neuron")])
 def test_coarse_to_fine_synthesis_rises_and_reproduces(layer, objective):
     model = conv_net(3)

@@ -1,7 +1,7 @@
 """Feature visualization: images synthesized by gradient ascent to show what a unit responds to.
 
     synthesize(model, Objective(layer, units, kind), Parameterization(channels, mean, std, size),
-               RandomAffine() or None, Optimizer(steps, lr, seed, batch_size)) -> FeatureVisResult
+               RandomAffine() or None, Optimizer(steps, lr, seed, batch_size, sizes)) -> FeatureVisResult
 
 Modules, one concept each as in lucent: `objectives` (what is maximized), `param` (how images are
 parameterized), `transforms` (robustness warps), `hooks` (running the model only up to the layer),

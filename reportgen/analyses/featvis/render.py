@@ -4,6 +4,10 @@ All images of a chunk form one batch: one forward (stopped at the target layer) 
 whatever the number of filters. Each image has its own objective, its own random generator (for its
 initial values and its warps, seeded from (seed, unit, variant)) and, with Adam, its own per-parameter
 step sizes, so an image is the same whether it is rendered alone or with 63 others (up to float rounding).
+
+Coarse to fine (`Optimizer.sizes`): the first steps optimize smaller renderings of the same parameters, so
+the large shapes settle at a fraction of the cost (a step costs about its pixels; on CPU the convolutions
+are nearly all of it) before the full size refines them.
 """
 
 import math
@@ -29,14 +33,12 @@ class Optimizer:
     sizes: coarse to fine, the image's side as a fraction of its final size in successive stages of equal
         length; (0.5, 0.75, 1.0) spends a third of the steps at half size and a third at three quarters, for
         60% of the work of full-size steps (a step costs about its pixels). The last must be 1.
-    lr_final: the step size reached at the last step along a cosine from `lr`; None keeps `lr` throughout.
     """
     steps: int = 256
     lr: float = 0.05
     seed: int = 0
     batch_size: int = 64
     sizes: tuple[float, ...] = (1.0,)
-    lr_final: float | None = None
 
     def __post_init__(self):
         for key, value, low in (("steps", self.steps, 1), ("batch_size", self.batch_size, 1),
@@ -52,11 +54,6 @@ class Optimizer:
         """(h, w) of the images optimized at `step` (0-based), for final images of size `full`."""
         f = self.sizes[min(step * len(self.sizes) // self.steps, len(self.sizes) - 1)]
         return tuple(max(8, round(side * f)) for side in full)
-
-    def lr_at(self, step: int) -> float:
-        if self.lr_final is None or self.steps == 1:
-            return self.lr
-        return self.lr_final + (self.lr - self.lr_final) * (1 + math.cos(math.pi * step / (self.steps - 1))) / 2
 
     def work(self, full: tuple[int, int]) -> float:
         """Cost of the loop in full-size image·steps (a step costs about its pixels)."""
@@ -167,8 +164,6 @@ def _optimize(param: ImageParam, forward: Callable[[torch.Tensor, bool], torch.T
     adam = torch.optim.Adam(param.params, lr=optimizer.lr)
     curve = []
     for step in range(optimizer.steps):
-        for group in adam.param_groups:
-            group["lr"] = optimizer.lr_at(step)
         adam.zero_grad(set_to_none=True)
         values, loss = ascend(forward(param.image(optimizer.size_at(step, full)), True))
         loss.backward()
