@@ -26,8 +26,8 @@ from torch import nn
 
 from . import imagenet
 from .errors import ModelError, SpecError
-from .spec import ModelSpec
 from .models import fit_weights, read_weights, strip_prefixes
+from .spec import ModelSpec
 
 
 def from_timm(spec: ModelSpec) -> tuple[nn.Module, dict]:

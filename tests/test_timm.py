@@ -167,6 +167,9 @@ def test_checkpoint_with_module_prefix_loads_the_saved_model(tmp_path):
     assert model.source == "timm test_resnet + finetuned.pth"
     assert model.classes == [f"class {i}" for i in range(5)] and model.class_ids is None
     assert (model.input_size, model.resize_size, model.interpolation) == ((160, 160), (168, 168), "bilinear")
+    names = ["ant", "bee", "cat", "dog", "eel"]   # model.classes wins over what timm knows
+    assert load_model(ModelSpec(timm="test_resnet", checkpoint=tmp_path / "finetuned.pth", classes=names),
+                      tmp_path).classes == names
 
 
 def test_checkpoint_that_does_not_fit_names_the_keys(tmp_path):
