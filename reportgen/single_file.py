@@ -3,7 +3,7 @@
 Every page's <main> becomes a <section>; links between pages become #anchors (a few lines of script show
 one section at a time, like separate pages); every image, stylesheet and script is inlined. Each PNG is stored once, in a table a
 script copies into the <img> elements at load (a picture shown on many pages would otherwise be repeated);
-the explorers' sprite sheet sits inside each plot's data as a data URI.
+the explorers' sprite sheets sit in CSS variables (--rg-sprite-0, ...) as data URIs, each stored once.
 """
 
 import base64
@@ -21,8 +21,7 @@ _MAIN = re.compile(r"<main>(.*?)</main>", re.S)
 _SCRIPTS = re.compile(r"<script\b[^>]*>.*?</script>", re.S)
 _ATTR = re.compile(r'(src|href)="([^"#:]*)(#[^"]*)?"')
 _ID = re.compile(r'(?<![\w-])id="([^"]+)"')
-_SPRITE_ARG = re.compile(r'"url","(?:\.\./)*img/sprite\.webp"')
-_SPRITE_CSS = re.compile(r"url\(&amp;quot;(?:\.\./)*img/sprite\.webp&amp;quot;\)")
+_SPRITE_ARG = re.compile(r'"url","(?:\.\./)*img/sprite-\{\}\.webp"')
 
 
 def page_id(rel: str) -> str:
@@ -35,9 +34,8 @@ def _data_uri(path: Path) -> str:
 
 
 def _sprite_var(text: str) -> str:
-    """Point the explorers' thumbnails at one CSS variable holding the sprite sheet (stored once)."""
-    text = _SPRITE_ARG.sub('"url","var(--rg-sprite)"', text)
-    return _SPRITE_CSS.sub("var(--rg-sprite)", text)
+    """Point the explorers' thumbnails at the CSS variables holding the sprite sheets ("{}": the sheet number)."""
+    return _SPRITE_ARG.sub('"url","var(--rg-sprite-{})"', text)
 
 
 def bundle(site: Path, out: Path) -> int:
@@ -55,8 +53,9 @@ def bundle(site: Path, out: Path) -> int:
             seen[i] = seen.get(i, 0) + 1
     shared = {i for i, n in seen.items() if n > 1}   # e.g. section headings: made unique per page
     assets: dict[str, str] = {}   # site path -> key; a picture shown on many pages is stored once
-    sprite = site / "img" / "sprite.webp"
-    sprite_css = f":root{{--rg-sprite:url({_data_uri(sprite)})}}" if sprite.is_file() else ""
+    sheets = sorted((site / "img").glob("sprite-*.webp"), key=lambda p: int(p.stem.split("-")[1]))
+    sprite_css = ":root{" + ";".join(f"--{p.stem.replace('sprite', 'rg-sprite')}:url({_data_uri(p)})"
+                                     for p in sheets) + "}" if sheets else ""
     for rel in pages:
         html = htmls[rel]
         base = posixpath.dirname(rel)

@@ -206,11 +206,11 @@ def test_explorer_sprite_tiles_keep_the_aspect(site):
     tmp, out, report = site
     count = report["layers"][1]["explorer"]["count"]
     columns = math.ceil(math.sqrt(count))
-    with Image.open(out / "img" / "sprite.webp") as sheet:
+    with Image.open(out / "img" / "sprite-0.webp") as sheet:
         assert count == 12 and sheet.size == (columns * W, math.ceil(count / columns) * H)   # tiles 32 wide, 40 high
-    # the hover thumbnail: the 40×32 tile at twice its size (84 px / 40 rounded)
+    # the hover thumbnail: the 40×32 tile at twice its size (84 px / 40 rounded), drawn by the page's script
     page = (out / report["layers"][1]["page"]).read_text()
-    assert "width:64px;height:80px" in page
+    assert '["w",64],["h",80]' in page
 
 
 @pytest.mark.parametrize("size, tile", [((40, 32), (40, 32)), ((100, 80), (64, 51)), ((80, 300), (17, 64)),

@@ -21,10 +21,18 @@ uniform affinities k=15, PCA init, n_jobs=1, 125+250 and 100+150 iterations):
 
 so Barnes-Hut below 4000 points and FFT from there on (the FFT's interpolation grid costs the same at any N,
 so it only pays off once the O(N log N) tree walk grows past it). 100+150 iterations keep trustworthiness
-within 0.001 of 125+250. sklearn.manifold.TSNE() defaults on the same 10k: 25.9 s (0.990) on an idle
-machine (the issue's figure), 173 s here under load, 92 s limited to one thread (its OpenMP threads wait on
-each other when the cores are shared), against 9.0 s (0.991) for `embed` in the same run:
-`benchmarks/embedding.py` measures the ratio.
+within 0.001 of 125+250.
+
+At 60k points (Fashion-MNIST train, the demo CNN's pooled 128-D features, CPU seconds of one thread; the
+machine was loaded 4-6x, so wall seconds were 3-6x these): PCA-50 1.9 s, neighbours exact 15.6 s vs openTSNE's
+Annoy 11.5 s (approximate, and its index differs with the thread count), FFT 100+150 iterations 9.4 s:
+trustworthiness (k=10, 5k subsample) 0.9927 with either neighbour search. So the neighbours are exact and
+the whole t-SNE runs in one thread: openTSNE with n_jobs=2 (and BLAS with 2 threads) gave different
+coordinates, and the site must be the same bytes whatever the launch. `benchmarks/embedding.py` measures
+this against sklearn.manifold.TSNE.
+
+One exact k-nearest-neighbour graph (`knn_graph`, in the PCA-50 space of `neighbour_space`) serves both
+t-SNE's affinities and the explorer's "nearest neighbours" panel, so it is computed once per layer.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from reportgen.errors import DataError, ModelError, SpecError
 
@@ -39,11 +48,15 @@ __all__ = [
     "METHODS",
     "TsneSettings",
     "global_average_pool",
+    "neighbour_space",
+    "knn_graph",
+    "TSNE_NEIGHBOURS",
     "embed",
     "tsne_settings",
     "trustworthiness",
     "choose_queries",
     "nearest_neighbours",
+    "nearest_by_distance",
     "same_class_fraction",
     "embedding_record",
 ]
@@ -52,6 +65,7 @@ METHODS = ("tsne", "pca")
 MIN_TSNE_POINTS = 30  # below this the uniform k-NN graph covers most points and the map collapses
 PCA_DIMS = 50  # t-SNE neighbours are found in PCA-50 space: the usual practice, and exact k-NN stays cheap
 FFT_FROM_POINTS = 4000  # see the table in the module docstring
+TSNE_NEIGHBOURS = 15  # t-SNE's uniform affinities: each point's 15 nearest neighbours
 
 
 @dataclass(frozen=True)
@@ -59,7 +73,6 @@ class TsneSettings:
     """How `embed` runs openTSNE for a given number of points."""
 
     gradient: str  # "bh" (Barnes-Hut) or "fft" (interpolation), openTSNE's negative_gradient_method
-    k_neighbors: int = 15  # uniform affinities over the k nearest neighbours
     exaggeration_iterations: int = 100  # early exaggeration (12) with momentum 0.5
     iterations: int = 150  # then plain optimisation with momentum 0.8
 
@@ -93,14 +106,38 @@ def _pca(x: np.ndarray, n_components: int, seed: int) -> np.ndarray:
 
     # sklearn flips component signs to a fixed convention, so the projection is reproducible
     n_components = min(n_components, x.shape[0], x.shape[1])
-    return PCA(n_components=n_components, svd_solver="full", random_state=seed).fit_transform(x)
+    with threadpool_limits(1):  # LAPACK's result depends on its thread count
+        return PCA(n_components=n_components, svd_solver="full", random_state=seed).fit_transform(x)
 
 
-def embed(features: np.ndarray, method: str, seed: int) -> np.ndarray:
+def neighbour_space(features: np.ndarray, seed: int) -> np.ndarray:
+    """(N, D) features -> (N, min(D, 50)) float64: their PCA-50 projection when D > 50, where neighbours are
+    searched (the usual t-SNE practice; exact search stays cheap)."""
+    x = _check_features(features)
+    return _pca(x, PCA_DIMS, seed) if x.shape[1] > PCA_DIMS else x
+
+
+def knn_graph(x: np.ndarray, k: int) -> np.ndarray:
+    """(N, k) int64 indices of each row's k nearest rows of `x` (N, D), Euclidean, exact, nearest first;
+    the row itself excluded by index (a duplicate stays a neighbour). Needs k < N."""
+    from sklearn.neighbors import NearestNeighbors
+
+    x = _check_features(x)
+    if not 0 < k < x.shape[0]:
+        raise DataError(f"{k} nearest neighbours need at least {k + 1} points, got {x.shape[0]}")
+    # brute force: in 50-D a tree prunes nothing; one thread makes ties and rounding the same on every run
+    with threadpool_limits(1):
+        nn = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(x)
+        return nn.kneighbors(return_distance=False).astype(np.int64)
+
+
+def embed(features: np.ndarray, method: str, seed: int, graph: np.ndarray | None = None) -> np.ndarray:
     """Project (N, D) features to (N, 2) float32 points with PCA or t-SNE.
 
-    Deterministic for a seed (single-threaded openTSNE, exact neighbours). PCA of fewer than two
-    dimensions pads with zeros. t-SNE needs at least 30 points; it runs on the PCA-50 projection.
+    The same bytes for a seed whatever the process's thread count (one thread, exact neighbours). PCA of
+    fewer than two dimensions pads with zeros. t-SNE needs at least 30 points; it runs on
+    `neighbour_space(features)` with the `knn_graph` of it, or `graph` (N, >= 15) if given (the same graph,
+    computed once by the caller for other uses too; its first 15 columns are used).
     """
     if method not in METHODS:
         raise SpecError("embedding", f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
@@ -115,20 +152,27 @@ def embed(features: np.ndarray, method: str, seed: int) -> np.ndarray:
         raise DataError(
             f"t-SNE needs at least {MIN_TSNE_POINTS} points, got {x.shape[0]}; use 'embedding: pca' for this layer"
         )
-    if x.shape[1] > PCA_DIMS:
-        x = _pca(x, PCA_DIMS, seed)
-    return _tsne(x, tsne_settings(x.shape[0]), seed)
+    x = neighbour_space(x, seed)
+    graph = knn_graph(x, TSNE_NEIGHBOURS) if graph is None else np.asarray(graph)[:, :TSNE_NEIGHBOURS]
+    if graph.shape != (x.shape[0], TSNE_NEIGHBOURS):
+        raise DataError(f"a neighbour graph of shape {graph.shape} for {x.shape[0]} points; "
+                        f"t-SNE needs ({x.shape[0]}, {TSNE_NEIGHBOURS})")
+    return _tsne(x, graph, tsne_settings(x.shape[0]), seed)
 
 
-def _tsne(x: np.ndarray, settings: TsneSettings, seed: int) -> np.ndarray:
+def _tsne(x: np.ndarray, graph: np.ndarray, settings: TsneSettings, seed: int) -> np.ndarray:
     from openTSNE import TSNEEmbedding, affinity, initialization
+    from openTSNE.nearest_neighbors import PrecomputedNeighbors
 
-    # n_jobs=1: the build shares the cores, and one thread keeps the result byte-identical per seed
-    aff = affinity.Uniform(x, k_neighbors=settings.k_neighbors, method="exact", n_jobs=1, random_state=seed)
-    init = initialization.pca(x, random_state=seed)
-    emb = TSNEEmbedding(init, aff, negative_gradient_method=settings.gradient, n_jobs=1, random_state=seed)
-    emb = emb.optimize(settings.exaggeration_iterations, exaggeration=12, momentum=0.5)
-    emb = emb.optimize(settings.iterations, momentum=0.8)
+    # Uniform affinities read only the neighbours' indices; the distances are placeholders
+    knn = PrecomputedNeighbors(graph, np.zeros(graph.shape))
+    # n_jobs=1 (and one BLAS thread): with 2, openTSNE's gradient gives other coordinates (module docstring)
+    with threadpool_limits(1):
+        aff = affinity.Uniform(knn_index=knn, n_jobs=1)
+        init = initialization.pca(x, random_state=seed)
+        emb = TSNEEmbedding(init, aff, negative_gradient_method=settings.gradient, n_jobs=1, random_state=seed)
+        emb = emb.optimize(settings.exaggeration_iterations, exaggeration=12, momentum=0.5)
+        emb = emb.optimize(settings.iterations, momentum=0.8)
     return np.asarray(emb, dtype=np.float32)
 
 
@@ -196,9 +240,17 @@ def nearest_neighbours(
         dist = np.stack([((x - x[i]) ** 2).sum(axis=1) for i in q]) if q.size else np.zeros((0, x.shape[0]))
     else:
         raise SpecError("metric", f"unknown metric {metric!r}; expected 'euclidean' or 'cosine'")
+    return nearest_by_distance(dist, q, k)
+
+
+def nearest_by_distance(dist: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """(Q, k) column indices of the k smallest of each row of `dist` (Q, N), row q's own column queries[q]
+    left out; nearest first, ties to the lower index, fewer than k columns when N - 1 < k."""
+    dist = np.array(dist, dtype=np.float64)
+    q = np.asarray(queries, dtype=np.int64).reshape(-1)
     dist[np.arange(q.size), q] = np.inf
     order = np.argsort(dist, axis=1, kind="stable")
-    return order[:, : min(k, x.shape[0] - 1)]
+    return order[:, : min(k, dist.shape[1] - 1)]
 
 
 def same_class_fraction(neighbours: np.ndarray, labels: np.ndarray, queries: np.ndarray) -> np.ndarray:

@@ -4,7 +4,6 @@ drawn as an embedded Bokeh plot with thumbnails. Per spec layer (`layers[].embed
 overview, for the features before the classifier.
 """
 
-import math
 import tempfile
 from pathlib import Path
 
@@ -23,7 +22,8 @@ from . import embedding as emb
 
 THUMB_MAX = 64          # thumbnails with a longer side than this are downscaled for the sprite sheet
 PIXEL_SPACE = 32        # images are compared in pixel space at most this long (keeps 5k×224 px tractable)
-SPRITE = "img/sprite.webp"
+SPRITE = "img/sprite-{}.webp"   # "{}": the sheet number (plots.sprite_layout)
+PANEL_NEIGHBOURS = 6    # neighbours shown when a point is clicked
 METHODS = {"tsne": ["tsne"], "pca": ["pca"], "both": ["tsne", "pca"], "none": []}
 
 
@@ -53,7 +53,11 @@ def thumbnails(ctx, indices) -> np.ndarray:
 
 
 def explore(ctx, key: str, methods: list[str]) -> dict:
-    """Points, trustworthiness and neighbours of the pooled features of evidence layer `key`."""
+    """Points, trustworthiness and neighbours of the pooled features of evidence layer `key`.
+
+    Memory grows with the points only by their features, points and neighbour lists: images are read a
+    chunk at a time (`pixel_neighbours`), and one exact k-NN graph serves t-SNE and the neighbour panel.
+    """
     e = ctx.evidence.layers[key]
     idx, feats = e.pooled_array()
     cap = ctx.spec.embedding.max_points
@@ -63,23 +67,34 @@ def explore(ctx, key: str, methods: list[str]) -> dict:
     out = {"index": idx, "meta": {"methods": []}}
     if len(idx) < 3:
         return out
-    out["neighbours"] = emb.nearest_neighbours(feats, np.arange(len(idx)), k=min(6, len(idx) - 1))
+    graph = emb.knn_graph(emb.neighbour_space(feats, ctx.spec.seed), min(emb.TSNE_NEIGHBOURS, len(idx) - 1))
+    out["neighbours"] = graph[:, :PANEL_NEIGHBOURS]
     for method in methods:
         if method == "tsne" and len(idx) < 30:
             continue   # t-SNE is meaningless on a handful of points
-        points = emb.embed(feats, method, ctx.spec.seed)
+        points = emb.embed(feats, method, ctx.spec.seed, graph=graph)
         out[f"points_{method}"] = points
         out["meta"]["methods"].append({"method": method,
                                        "trust": emb.trustworthiness(feats, points, k=10, seed=ctx.spec.seed)})
     labels = ctx.dataset.labels[idx]
     queries = emb.choose_queries(labels, n=min(8, len(idx)), seed=ctx.spec.seed)
     k = min(8, len(idx) - 1)
-    thumbs = thumbnails(ctx, idx)
-    small = fit_within(thumbs.shape[1:3], PIXEL_SPACE)
-    pixels = np.stack([_resized(t, small) for t in thumbs]).astype(np.float32)
     out.update(queries=queries, by_feature=emb.nearest_neighbours(feats, queries, k=k),
-               by_pixel=emb.nearest_neighbours(pixels.reshape(len(idx), -1), queries, k=k))
+               by_pixel=pixel_neighbours(ctx, idx, queries, k))
     return out
+
+
+def pixel_neighbours(ctx, idx: np.ndarray, queries: np.ndarray, k: int, chunk: int = 2048) -> np.ndarray:
+    """(Q, k) positions in `idx` of the k nearest images to each query by raw pixels (thumbnails at most
+    PIXEL_SPACE px), as `embedding.nearest_neighbours`; the images are read `chunk` at a time."""
+    def pixels(positions) -> np.ndarray:   # (n, h*w*C) float64
+        thumbs = thumbnails(ctx, idx[positions])
+        small = fit_within(thumbs.shape[1:3], PIXEL_SPACE)
+        return np.stack([_resized(t, small) for t in thumbs]).reshape(len(thumbs), -1).astype(np.float64)
+    q = pixels(queries)
+    dist = np.concatenate([((pixels(np.arange(s, min(s + chunk, len(idx))))[None] - q[:, None]) ** 2).sum(-1)
+                           for s in range(0, len(idx), chunk)], axis=1)   # (Q, N)
+    return emb.nearest_by_distance(dist, queries, k)
 
 
 class Embedding(BaseModel):
@@ -131,11 +146,12 @@ def lay_out(ctx, art: dict, out, slug: str) -> dict | None:
 
 
 def _sprite(ctx, out, idx: np.ndarray) -> plots.SpriteLayout:
-    """One sprite sheet of the pooled subset's thumbnails, shared by every explorer of the site."""
-    h, w = fit_within(ctx.model.input_size, THUMB_MAX)   # the thumbnails' size
-    columns = math.ceil(math.sqrt(len(idx)))
-    out.file(SPRITE, lambda: _sprite_bytes(ctx, idx))
-    return plots.SpriteLayout(Path(SPRITE).name, len(idx), columns, math.ceil(len(idx) / columns), w, h)
+    """The sprite sheets of the pooled subset's thumbnails, shared by every explorer of the site; each sheet
+    reads only its own images when it is written."""
+    layout = plots.sprite_layout(len(idx), fit_within(ctx.model.input_size, THUMB_MAX), Path(SPRITE).name)
+    for sheet in range(layout.sheets):
+        out.file(SPRITE.format(sheet), lambda s=sheet: _sheet_bytes(ctx, idx[layout.tiles(s)], layout.columns))
+    return layout
 
 
 def _cost(ctx, methods: list[str]) -> Work:
@@ -144,10 +160,10 @@ def _cost(ctx, methods: list[str]) -> Work:
     return Work(tsne_points=n if "tsne" in methods else 0, loads=n)
 
 
-def _sprite_bytes(ctx, idx) -> bytes:
+def _sheet_bytes(ctx, idx, columns: int) -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / Path(SPRITE).name
-        plots.write_sprite_sheet(thumbnails(ctx, idx), path)
+        path = Path(tmp) / Path(SPRITE).name.format(0)
+        plots.write_sprite_sheet(thumbnails(ctx, idx), path, columns)
         return path.read_bytes()
 
 
@@ -155,7 +171,7 @@ class LayerExplorer(Analysis):
     """The explorer of each spec layer whose `embedding` asks for one (t-SNE, PCA or both)."""
     name = "explorer"
     spec_key = "embedding"
-    version = 2
+    version = 3
     per_layer = True
     templates = {"layer": "analyses/explorer_layer.html"}
     LayerResult = Explorer
@@ -178,7 +194,7 @@ class OverviewExplorer(Analysis):
     """The explorer of the features the classifier reads (the last Linear layer's input), on the overview."""
     name = "overview_explorer"
     spec_key = "embedding"
-    version = 2
+    version = 3
     templates = {"overview": "analyses/explorer_overview.html"}
     SiteResult = Explorer
 

@@ -1,15 +1,19 @@
 """The representation-space explorer: a Bokeh scatter of an embedding, its thumbnail sprite sheet, BokehJS.
 
-    layout = write_sprite_sheet(thumbs, site / "assets/layer3-sprites.webp")  # (N, h, w, C) uint8
+    layout = sprite_layout(len(thumbs), (28, 28))     # tiles per sheet, sheets of at most 2048 px a side
+    for s in range(layout.sheets):                    # sheet s holds thumbnails s*per_sheet ... (N, h, w, C) uint8
+        write_sprite_sheet(thumbs[layout.tiles(s)], site / "assets" / f"sprite-{s}.webp", layout.columns)
     scripts = copy_bokehjs(site / "static")          # once per site
     head = script_tags(scripts, depth=2)              # in each page with a plot, two folders below the root
     script, div = explorer_plot(points, labels, preds, indices, class_names,
-                                sprite=layout, sprite_url="../assets/layer3-sprites.webp",
+                                sprite=layout, sprite_url="../assets/sprite-{}.webp",
                                 detail_url_template="../images/{index}.html", title="layer3")
 
-Each page carries only its plot's data (`bokeh.embed.components`, numeric columns as base64 typed arrays);
-BokehJS comes from the one copy in the site's static folder, and the thumbnails from one image per plot,
-shown through CSS background-position, so nothing is inlined per point and nothing is fetched from a CDN.
+Each page carries only its plot's data (`bokeh.embed.components`, numeric columns as base64 typed arrays in
+the smallest integer type that holds them: about 26 bytes a point at 60k points, 35 in base64); BokehJS
+comes from the one copy in the site's static folder, and the thumbnails from sprite sheets beside the page,
+shown through CSS background-position: the browser loads a sheet when a tooltip first shows one of its
+tiles. Nothing is inlined per point and nothing is fetched from a CDN, so pages work from file://.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from reportgen.errors import RenderError
 
 __all__ = [
     "SpriteLayout",
+    "sprite_layout",
     "write_sprite_sheet",
     "copy_bokehjs",
     "script_tags",
@@ -51,21 +56,47 @@ _SAVE_OPTIONS = {
 _MAX_SIDE = {".webp": 16383, ".jpg": 65500, ".jpeg": 65500, ".png": 65500}
 
 
+SHEET_SIDE = 2048  # px: a sheet decodes to at most 16 MB in the browser, and a hover loads one sheet
+
+
 @dataclass(frozen=True)
 class SpriteLayout:
-    """Where each thumbnail lies in a sprite sheet: tile i is at column i % columns, row i // columns."""
+    """Where each thumbnail lies in the sprite sheets: tile i is tile j = i % per_sheet of sheet
+    i // per_sheet, at column j % columns, row j // columns."""
 
-    file: str  # the sheet's file name
+    file: str  # the sheet's file name; "{}" in it stands for the sheet number
     count: int
     columns: int
-    rows: int
+    rows: int  # rows of a full sheet (the last one may have fewer)
     tile_width: int
     tile_height: int
 
+    @property
+    def per_sheet(self) -> int:
+        return self.columns * self.rows
+
+    @property
+    def sheets(self) -> int:
+        return math.ceil(self.count / self.per_sheet)
+
+    def tiles(self, sheet: int) -> slice:
+        """The tiles (thumbnail indices) of sheet `sheet`."""
+        return slice(sheet * self.per_sheet, min((sheet + 1) * self.per_sheet, self.count))
+
     def offsets(self) -> np.ndarray:
-        """(count, 2) int pixel offsets (x, y) of each tile's top-left corner in the sheet."""
-        i = np.arange(self.count)
-        return np.stack([(i % self.columns) * self.tile_width, (i // self.columns) * self.tile_height], axis=1)
+        """(count, 2) int pixel offsets (x, y) of each tile's top-left corner in its sheet."""
+        j = np.arange(self.count) % self.per_sheet
+        return np.stack([(j % self.columns) * self.tile_width, (j // self.columns) * self.tile_height], axis=1)
+
+
+def sprite_layout(count: int, tile_size: tuple[int, int], file: str = "sprite-{}.webp",
+                  side: int = SHEET_SIDE) -> SpriteLayout:
+    """Square-ish sheets of at most `side` px a side for `count` tiles of `tile_size` (h, w): one sheet
+    when they fit (a few thousand small thumbnails), else as many full sheets as needed."""
+    h, w = tile_size
+    columns = max(1, min(math.ceil(math.sqrt(count)), side // w))
+    rows = max(1, min(math.ceil(count / columns), side // h))
+    return SpriteLayout(file, count, columns, rows, w, h)
 
 
 def write_sprite_sheet(images: np.ndarray, path: str | os.PathLike, columns: int | None = None) -> SpriteLayout:
@@ -152,28 +183,47 @@ def _palette(n: int) -> list[str]:
     return [Turbo256[int(i)] for i in np.linspace(0, 255, n)]
 
 
-def _tooltip(sprite: SpriteLayout | None, sprite_url: str | None, thumb_px: int) -> tuple[str, float]:
-    """The hover template and the thumbnail's scale. Values from the data go through Bokeh's `@{...}`
-    placeholders, which BokehJS HTML-escapes unless `{safe}` is asked for (never here)."""
+# Tile q's CSS (sheet, offset, scaled size) from the layout: shared by the tooltip and the neighbour panel.
+# `url` has "{}" for the sheet number; --single-file makes it a CSS variable (var(--rg-sprite-{})).
+_TILE_JS = """
+const tile = (q) => {
+  const s = Math.floor(q / per), j = q % per, u = url.replace('{}', s);
+  const bg = u.startsWith('var(') ? u : 'url("' + encodeURI(u) + '")';
+  return 'width:' + w + 'px;height:' + h + 'px;background-image:' + bg + ';background-repeat:no-repeat;'
+    + 'background-size:' + bw + 'px auto;background-position:-' + (j % cols) * w + 'px -'
+    + Math.floor(j / cols) * h + 'px;image-rendering:pixelated';
+};
+"""
+
+# value: the point's position (column "pos"); format: what to show of it. Bokeh HTML-escapes the result.
+_TIP_JS = _TILE_JS + """
+const d = info.data;
+if (format === 'index') { return String(d.idx[value]); }
+if (format === 'thumb') { return tile(value) + ';border:1px solid #888'; }
+const c = format === 'label' ? d.lab[value] : d.pred[value];
+return names[c] ?? String(c);
+"""
+
+
+def _tooltip(sprite: SpriteLayout | None) -> str:
+    """The hover template: the thumbnail, true and predicted class, dataset index, each from the point's
+    position through the formatter (`_TIP_JS`), which looks them up in the shared per-point columns."""
     rows = (
         '<div class="rg-tip-text">'
-        "<div>true: <b>@{label}{custom}</b></div>"
-        "<div>predicted: <b>@{pred}{custom}</b></div>"
-        "<div>index: @{index}</div></div>"
+        "<div>true: <b>@{pos}{label}</b></div>"
+        "<div>predicted: <b>@{pos}{pred}</b></div>"
+        "<div>index: @{pos}{index}</div></div>"
     )
-    if sprite is None or sprite_url is None:
-        return f'<div class="rg-tip">{rows}</div>', 1.0
-    scale = max(1, round(thumb_px / max(sprite.tile_width, sprite.tile_height)))
-    # the URL is ours (a relative path), but quote it for both the CSS string and the HTML attribute
-    css_url = sprite_url.replace("\\", "\\\\").replace('"', '\\"')
-    style = (
-        f"width:{sprite.tile_width * scale}px;height:{sprite.tile_height * scale}px;"
-        f'background-image:url("{css_url}");background-repeat:no-repeat;'
-        f"background-size:{sprite.columns * sprite.tile_width * scale}px {sprite.rows * sprite.tile_height * scale}px;"
-        "background-position:-@{sx}px -@{sy}px;image-rendering:pixelated;border:1px solid #888"
-    )
-    thumb = f'<div class="rg-thumb" style="{html.escape(style)}"></div>'
-    return f'<div class="rg-tip" style="display:flex;gap:6px;align-items:flex-start">{thumb}{rows}</div>', scale
+    if sprite is None:
+        return f'<div class="rg-tip">{rows}</div>'
+    thumb = '<div class="rg-thumb" style="@{pos}{thumb}"></div>'
+    return f'<div class="rg-tip" style="display:flex;gap:6px;align-items:flex-start">{thumb}{rows}</div>'
+
+
+def _compact(values: np.ndarray) -> np.ndarray:
+    """Non-negative integers in the smallest unsigned type that holds them: the page carries N of each."""
+    top = int(values.max()) if values.size else 0
+    return values.astype(np.uint8 if top < 2**8 else np.uint16 if top < 2**16 else np.uint32)
 
 
 def explorer_figure(
@@ -194,16 +244,22 @@ def explorer_figure(
 
     One renderer pair per class (circles for correct, crosses for misclassified) under one legend entry,
     so a legend click hides the class; a "misclassified" entry hides all crosses. Hover shows tile i of
-    `sprite` (point i's thumbnail, from `sprite_url`, relative to the page, scaled to about `thumb_px`),
-    the true and predicted class names and the dataset index. With `detail_url_template` (a relative URL
-    containing `{index}`), clicking a point opens it in the same tab. WebGL from `WEBGL_FROM_POINTS` points.
+    `sprite` (point i's thumbnail, from `sprite_url`, relative to the page, "{}" for the sheet number,
+    scaled to about `thumb_px`), the true and predicted class names and the dataset index. With
+    `detail_url_template` (a relative URL containing `{index}`), clicking a point opens it in the same tab;
+    else with `neighbours` (N, k) positions, clicking shows them in the element `panel_id`. WebGL from
+    `WEBGL_FROM_POINTS` points.
+
+    Each renderer carries its points' x, y (float32) and position `pos` in the arrays given; everything
+    else per point (index, classes, neighbours) sits once in a shared table that the tooltip's formatter
+    and the panel read by position, so the page grows by about 26 bytes a point (k = 6).
     """
     from bokeh.models import ColumnDataSource, CustomJSHover, HoverTool, Legend, LegendItem, OpenURL, TapTool
     from bokeh.plotting import figure
 
     pts = np.asarray(points, dtype=np.float32)
-    labels, preds = np.asarray(labels, dtype=np.int32), np.asarray(preds, dtype=np.int32)
-    index = np.asarray(dataset_indices, dtype=np.int32)
+    labels, preds = np.asarray(labels, dtype=np.int64), np.asarray(preds, dtype=np.int64)
+    index = np.asarray(dataset_indices, dtype=np.int64)
     n = pts.shape[0]
     if pts.ndim != 2 or pts.shape[1] != 2 or not (labels.shape == preds.shape == index.shape == (n,)):
         raise RenderError(
@@ -212,11 +268,22 @@ def explorer_figure(
         )
     if n and (min(labels.min(), preds.min()) < 0 or max(labels.max(), preds.max()) >= len(class_names)):
         raise RenderError(f"labels and predictions must lie in [0, {len(class_names)}), the class names' range")
+    if n and index.min() < 0:
+        raise RenderError("dataset indices must be 0 or more")
     if sprite is not None and sprite.count != n:
         raise RenderError(f"the sprite sheet has {sprite.count} tiles for {n} points")
 
-    tooltip, scale = _tooltip(sprite, sprite_url, thumb_px)
-    offsets = (sprite.offsets() * scale).astype(np.int32) if sprite is not None else np.zeros((n, 2), np.int32)
+    table = {"idx": _compact(index), "lab": _compact(labels), "pred": _compact(preds)}
+    if neighbours is not None:
+        nn = np.asarray(neighbours, np.int64)
+        table.update({f"nn{j}": _compact(nn[:, j]) for j in range(nn.shape[1])})
+    info = ColumnDataSource(table)  # numpy columns serialize as binary; CustomJS args would go element by element
+    thumbs = sprite is not None and sprite_url is not None
+    scale = max(1, round(thumb_px / max(sprite.tile_width, sprite.tile_height))) if thumbs else 1
+    args = {"info": info, "names": [str(s) for s in class_names], "url": sprite_url or "",
+            "per": sprite.per_sheet if thumbs else 1, "cols": sprite.columns if thumbs else 1,
+            "w": sprite.tile_width * scale if thumbs else 0, "h": sprite.tile_height * scale if thumbs else 0,
+            "bw": sprite.columns * sprite.tile_width * scale if thumbs else 0}
     fig = figure(
         title=title,
         tools="pan,wheel_zoom,box_zoom,reset,save",
@@ -235,9 +302,9 @@ def explorer_figure(
         pair = []
         for wrong in (False, True):
             keep = (labels == c) & ((preds != labels) if wrong else (preds == labels))
-            data = {"x": pts[keep, 0], "y": pts[keep, 1], "label": labels[keep], "pred": preds[keep],
-                    "index": index[keep], "sx": offsets[keep, 0], "sy": offsets[keep, 1],
-                    "pos": np.nonzero(keep)[0].astype(np.int32)}  # fmt: skip
+            data = {"x": pts[keep, 0], "y": pts[keep, 1], "pos": _compact(np.nonzero(keep)[0])}
+            if detail_url_template is not None:
+                data["index"] = index[keep].astype(np.int32)  # for OpenURL's @{index}
             source = ColumnDataSource(data)
             if wrong:
                 r = fig.scatter("x", "y", source=source, marker="x", size=size + 3, line_color=color, line_width=2)
@@ -252,20 +319,18 @@ def explorer_figure(
     items.append(LegendItem(label="misclassified", renderers=wrong_all + [swatch]))
     fig.add_layout(Legend(items=items, click_policy="hide", title="class (click to hide)"), "right")
 
-    names = CustomJSHover(args={"names": [str(s) for s in class_names]}, code="return names[value] ?? String(value)")
     # limit=1: in a dense cluster show the nearest point's tooltip, not a column of thumbnails
-    fig.add_tools(HoverTool(renderers=renderers, tooltips=tooltip, limit=1,
-                            formatters={"@{label}": names, "@{pred}": names}))  # fmt: skip
+    fig.add_tools(HoverTool(renderers=renderers, tooltips=_tooltip(sprite if thumbs else None), limit=1,
+                            formatters={"@{pos}": CustomJSHover(args=args, code=_TIP_JS)}))  # fmt: skip
     if detail_url_template is not None:
         fig.add_tools(TapTool(renderers=renderers, callback=OpenURL(url=_bokeh_url(detail_url_template), same_tab=True)))
-    elif neighbours is not None and panel_id and sprite is not None and sprite_url:
+    elif neighbours is not None and panel_id and thumbs:
         fig.add_tools(TapTool(renderers=renderers))
-        _neighbour_panel(renderers, neighbours, offsets, index, labels, preds, class_names, sprite, sprite_url,
-                         scale, panel_id)
+        _neighbour_panel(renderers, args, int(np.shape(neighbours)[1]), panel_id)
     return fig
 
 
-_PANEL_JS = """
+_PANEL_JS = _TILE_JS + """
 const i = cb_obj.indices[0];
 const el = document.getElementById(panel);
 if (i === undefined || !el) { return; }
@@ -274,40 +339,27 @@ const src = srcs.find((s) => s.selected === cb_obj);
 if (!src) { return; }
 const p = src.data.pos[i];
 const esc = (t) => String(t).replace(/[&<>"']/g, (c) => ({'&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;'})[c]);
-const tile = (q) => '<figure class="rg-nn"><div role="img" aria-label="image ' + d.idx[q] + '" style="width:' + w + 'px;height:' + h
-  + 'px;background-image:' + (url.startsWith('var(') ? url : 'url(&quot;' + encodeURI(url) + '&quot;)') + ';background-size:' + bw + 'px ' + bh + 'px;background-position:-'
-  + d.ox[q] + 'px -' + d.oy[q] + 'px;image-rendering:pixelated"></div><figcaption>#' + d.idx[q] + ' '
-  + esc(names[d.lab[q]]) + '</figcaption></figure>';
+const fig = (q) => '<figure class="rg-nn"><div role="img" aria-label="image ' + d.idx[q] + '" style="' + esc(tile(q))
+  + '"></div><figcaption>#' + d.idx[q] + ' ' + esc(names[d.lab[q]]) + '</figcaption></figure>';
 const near = [];
 for (let j = 0; j < k; j++) { near.push(d['nn' + j][p]); }
 const same = near.filter((q) => d.lab[q] === d.lab[p]).length;
 el.innerHTML = '<h3>Image #' + d.idx[p] + ': ' + esc(names[d.lab[p]]) + ' (predicted ' + esc(names[d.pred[p]]) + ')</h3>'
-  + '<div class="rg-nn-row">' + tile(p) + '</div><p>Its ' + k + ' nearest neighbours in the feature space of this layer ('
-  + same + ' of ' + k + ' of the same class):</p><div class="rg-nn-row">' + near.map(tile).join('') + '</div>';
+  + '<div class="rg-nn-row">' + fig(p) + '</div><p>Its ' + k + ' nearest neighbours in the feature space of this layer ('
+  + same + ' of ' + k + ' of the same class):</p><div class="rg-nn-row">' + near.map(fig).join('') + '</div>';
 el.hidden = false;
 """
 
 
-def _neighbour_panel(renderers, neighbours, offsets, index, labels, preds, class_names, sprite, sprite_url,
-                     scale, panel_id) -> None:
-    """On click, show the point and its nearest neighbours in the page element `panel_id` (CustomJS).
+def _neighbour_panel(renderers, args: dict, k: int, panel_id: str) -> None:
+    """On click, show the point and its k nearest neighbours (columns nn0.. of the shared table in `args`)
+    in the page element `panel_id` (CustomJS)."""
+    from bokeh.models import CustomJS
 
-    The per-point arrays travel in one ColumnDataSource (numpy columns serialize as binary); as plain
-    CustomJS arguments Bokeh would walk them element by element (minutes for 5k points).
-    """
-    from bokeh.models import ColumnDataSource, CustomJS
-
-    nn = np.asarray(neighbours, np.int32)
-    columns = {"idx": index.astype(np.int32), "lab": labels.astype(np.int32), "pred": preds.astype(np.int32),
-               "ox": offsets[:, 0].astype(np.int32), "oy": offsets[:, 1].astype(np.int32)}
-    columns.update({f"nn{j}": nn[:, j].copy() for j in range(nn.shape[1])})
-    info = ColumnDataSource(columns)
-    shared = {"panel": panel_id, "url": sprite_url, "k": int(nn.shape[1]), "info": info,
-              "names": [str(n) for n in class_names], "w": sprite.tile_width * scale, "h": sprite.tile_height * scale,
-              "bw": sprite.columns * sprite.tile_width * scale, "bh": sprite.rows * sprite.tile_height * scale}
     # one callback for every renderer (it finds the renderer whose selection changed): the arguments,
     # the sprite URL among them, are written once per plot
-    callback = CustomJS(args=dict(shared, srcs=[r.data_source for r in renderers]), code=_PANEL_JS)
+    callback = CustomJS(args=dict(args, panel=panel_id, k=k, srcs=[r.data_source for r in renderers]),
+                        code=_PANEL_JS)
     for r in renderers:
         r.data_source.selected.js_on_change("indices", callback)
 

@@ -17,12 +17,17 @@ from reportgen.analyses.embedding import (
     embed,
     embedding_record,
     global_average_pool,
+    knn_graph,
+    nearest_by_distance,
     nearest_neighbours,
+    neighbour_space,
     same_class_fraction,
     trustworthiness,
     tsne_settings,
 )
 from reportgen.errors import DataError, ModelError, SpecError
+from reportgen.idx import load_idx_split
+from tests.helpers.tiny import FASHION_DIR
 
 
 @pytest.fixture(scope="module")
@@ -96,11 +101,61 @@ def test_tsne_keeps_neighbourhoods_as_well_as_sklearn(digits):
 def test_tsne_reduces_wide_features_with_pca_first(digits, monkeypatch):
     seen = []
     real = embedding._tsne
-    monkeypatch.setattr(embedding, "_tsne", lambda x, s, seed: seen.append(x.shape) or real(x, s, seed))
+    monkeypatch.setattr(embedding, "_tsne", lambda x, g, s, seed: seen.append(x.shape) or real(x, g, s, seed))
     wide = np.hstack([digits[0][:100]] * 2)  # (100, 128)
     embed(wide, "tsne", seed=0)
     embed(wide[:, :40], "tsne", seed=0)
     assert seen == [(100, 50), (100, 40)]
+
+
+@pytest.fixture(scope="module")
+def fashion():
+    """2000 Fashion-MNIST test images (shipped with the repo) as (2000, 784) pixels in [0, 1], and labels."""
+    images, labels = load_idx_split(FASHION_DIR, "test")
+    return images[:2000].reshape(2000, -1).astype(np.float32) / 255, labels[:2000]
+
+
+@pytest.mark.parametrize("gradient", ["bh", "fft"])
+def test_tsne_is_the_same_bytes_whatever_the_thread_count(fashion, monkeypatch, gradient):
+    # LAPACK's PCA of these 784-D pixels differs in the last bits between 1 and 2 threads; embed pins one
+    short = embedding.TsneSettings(gradient=gradient, exaggeration_iterations=20, iterations=30)
+    monkeypatch.setattr(embedding, "tsne_settings", lambda n: short)
+    runs = []
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            with threadpool_limits(threads):
+                runs.append((embed(fashion[0], "tsne", seed=1), embed(fashion[0], "pca", seed=1)))
+    finally:
+        torch.set_num_threads(before)
+    assert runs[0][0].tobytes() == runs[1][0].tobytes()
+    assert runs[0][1].tobytes() == runs[1][1].tobytes()
+
+
+def test_knn_graph_is_the_exact_neighbours_by_brute_force(digits):
+    x = neighbour_space(digits[0], seed=0)  # 64 dims > 50: the PCA-50 projection
+    assert x.shape == (600, 50)
+    graph = knn_graph(x, 15)
+    d = ((x[:, None] - x[None]) ** 2).sum(-1)  # (600, 600), written out
+    np.fill_diagonal(d, np.inf)
+    expected_dist = np.sort(d, axis=1)[:, :15]
+    assert graph.shape == (600, 15) and (graph != np.arange(600)[:, None]).all()
+    np.testing.assert_allclose(np.take_along_axis(d, graph, 1), expected_dist, rtol=1e-9)
+    with pytest.raises(DataError, match=r"^15 nearest neighbours need at least 16 points, got 10$"):
+        knn_graph(x[:10], 15)
+
+
+def test_embed_uses_the_graph_it_is_given(digits, monkeypatch):
+    x = digits[0][:300]
+    graph = knn_graph(neighbour_space(x, 0), 20)  # more columns than t-SNE reads
+    short = embedding.TsneSettings(gradient="bh", exaggeration_iterations=20, iterations=30)
+    monkeypatch.setattr(embedding, "tsne_settings", lambda n: short)
+    assert embed(x, "tsne", seed=0, graph=graph).tobytes() == embed(x, "tsne", seed=0).tobytes()
+    shuffled = np.roll(graph, 1, axis=0)  # another graph: another map
+    assert embed(x, "tsne", seed=0, graph=shuffled).tobytes() != embed(x, "tsne", seed=0).tobytes()
+    with pytest.raises(DataError, match=r"^a neighbour graph of shape \(300, 5\) for 300 points; t-SNE needs"):
+        embed(x, "tsne", seed=0, graph=graph[:, :5])
 
 
 def test_embed_errors_name_the_fix():

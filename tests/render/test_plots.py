@@ -122,18 +122,26 @@ def test_explorer_has_one_hideable_legend_entry_per_class_and_marks_mistakes(tmp
         for renderer, mistaken in [(right, False), (wrong, True)]:
             data = renderer.data_source.data
             expected = np.flatnonzero((labels == c) & ((preds != labels) == mistaken))
-            np.testing.assert_array_equal(data["index"], index[expected])
+            np.testing.assert_array_equal(data["pos"], expected)  # the point's position in the arrays given
+            np.testing.assert_array_equal(data["index"], index[expected])  # for the detail URL only
             np.testing.assert_allclose(np.stack([data["x"], data["y"]], 1), points[expected], rtol=1e-6)
-            np.testing.assert_array_equal(data["pred"], preds[expected])
-            # tile i sits at column i % 25, row i // 25, 8 px tiles shown 10x (84 px / 8 rounds to 10)
-            np.testing.assert_array_equal(data["sx"], expected % 25 * 80)
-            np.testing.assert_array_equal(data["sy"], expected // 25 * 80)
+            assert data["x"].dtype == np.float32 and data["pos"].dtype == np.uint16
     assert {id(r) for r in legend.items[-1].renderers[:-1]} == {id(item.renderers[1]) for item in legend.items[:4]}
     assert fig.output_backend == "canvas"
     hover = fig.select_one(HoverTool)
-    assert "{safe}" not in hover.tooltips and 'background-image:url(&quot;s.png&quot;)' in hover.tooltips
-    assert isinstance(hover.formatters["@{pred}"], CustomJSHover)
-    assert hover.formatters["@{pred}"].args["names"] == NAMES
+    assert "{safe}" not in hover.tooltips and '<div class="rg-thumb" style="@{pos}{thumb}">' in hover.tooltips
+    tip = hover.formatters["@{pos}"]
+    assert isinstance(tip, CustomJSHover) and tip.args["names"] == NAMES
+    # everything else per point, once, in the smallest integer type: indices 1000..1499, 4 classes
+    table = tip.args["info"].data
+    assert set(table) == {"idx", "lab", "pred"}
+    np.testing.assert_array_equal(table["idx"], index)
+    np.testing.assert_array_equal(table["lab"], labels)
+    np.testing.assert_array_equal(table["pred"], preds)
+    assert (table["idx"].dtype, table["lab"].dtype, table["pred"].dtype) == (np.uint16, np.uint8, np.uint8)
+    # one sheet of 25 columns; 8 px tiles shown 10x (84 px / 8 rounds to 10)
+    assert {k: tip.args[k] for k in ["url", "per", "cols", "w", "h", "bw"]} == {
+        "url": "s.png", "per": 500, "cols": 25, "w": 80, "h": 80, "bw": 2000}
     assert fig.select_one(TapTool).callback.url == "img/@{index}.html"
     assert fig.select_one(OpenURL).same_tab
 
