@@ -67,7 +67,13 @@ def estimate(ctx: Context, outcomes: dict) -> dict[tuple[str, str | None], float
     work costs 0, and a build with nothing to compute runs no probe."""
     ctx.evidence_key = pass_keys(ctx)[0]        # the analyses' cache keys include it
     works = {("dataset pass", None): pass_cost(ctx)} | analysis_costs(ctx, outcomes)
-    probe = Probe(ctx, {l.path for l in ctx.layers}) if any(works.values()) else None
+    if not any(works.values()):
+        return dict.fromkeys(works, 0.0)
+    try:
+        probe = Probe(ctx, {l.path for l in ctx.layers})
+    except Exception as exc:  # noqa: BLE001 - no estimate is no reason to stop: the pass says what is wrong
+        ctx.log(f"no estimate of the build's time: the probe of the model failed ({exc.__class__.__name__}: {exc})")
+        return {}
     return {k: probe.price(w) if w else 0.0 for k, w in works.items()}
 
 
@@ -93,7 +99,8 @@ def build(spec: Spec, out: Path | None = None, use_cache: bool = True, progress:
         f"({len(ctx.indices)} of {ctx.dataset.size} images), device {ctx.device}")
     if group.is_main:
         timer.expected = estimate(ctx, outcomes)
-        log(estimate_text(timer.expected))
+        if timer.expected:
+            log(estimate_text(timer.expected))
     timer.lap("estimate")
     gather_evidence(ctx)
     timer.lap("dataset pass", cached="record" not in ctx.computed)

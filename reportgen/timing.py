@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .errors import DataError
 from .hooks import find_module, removing
 
 # openTSNE as `analyses/embedding.py` runs it, fitted to the table in its docstring (this project's 2-core
@@ -52,7 +53,7 @@ def tsne_seconds(n: int) -> float:
 
 @dataclass(frozen=True)
 class Rate:
-    """Seconds of a model call on n images: `call + n * image` (fitted to a call on 1 image and one on 2-8)."""
+    """Seconds of a model call on n images: `call + n * image` (fitted to a call on 1 image and one on more)."""
     call: float
     image: float
 
@@ -64,13 +65,16 @@ class Probe:
     input, weights frozen as feature vis runs them); fraction[layer]: the share of a forward spent up to
     `layer`'s output, from a timestamp at each layer during one forward; load: reading one dataset image.
     A call has a cost of its own (on a loaded CPU, threads waiting to be scheduled can cost more than a small
-    model's arithmetic), so each rate is fitted to two batch sizes.
+    model's arithmetic), so each rate is fitted to two batch sizes (`_rate`).
     """
 
     def __init__(self, ctx, layers: set[str], budget: float = 1.0):
         model, device = ctx.model.module, ctx.device
-        x = ctx.batch(ctx.indices[:1])                        # (1, C, H, W); a dataset's first read may open files
-        loads = ctx.indices[1:9]
+        readable = [i for i in ctx.indices[:16] if _readable(ctx, i)]   # the pass skips (and names) the others
+        if not readable:
+            raise DataError("none of the first 16 images is readable")
+        x = ctx.batch(readable[:1])                        # (1, C, H, W); a dataset's first read may open files
+        loads = readable[1:9]
         t0 = time.perf_counter()
         ctx.batch(loads)
         self.load = (time.perf_counter() - t0) / max(1, len(loads))
@@ -81,27 +85,33 @@ class Probe:
             modules = {p: find_module(model, p) for p in layers}
             stamps: dict[str, float] = {}
             self._forward(model, x, device, {}, {})                # warms up the kernels
-            one = self._forward(model, x, device, modules, stamps)
+            one = max(1e-9, self._forward(model, x, device, modules, stamps))
             self.fraction = {p: min(1.0, t / one) for p, t in stamps.items()}
-            n = int(np.clip(budget / one, 2, 8))     # the larger batch, as large as a second allows
-            xn = x.expand(n, *x.shape[1:]).contiguous()
-
-            def forward(xb):   # the best of two: a loaded machine only ever adds time
-                return min(self._forward(model, xb, device, {}, {}) for _ in range(2))
-
-            def backward(xb):
-                return min(self._backward(model, xb, device) for _ in range(2))
-            self.forward = self._fit(min(one, forward(x)), forward(xn), n)
-            self.backward = self._fit(backward(x), backward(xn), n)
+            self.forward = self._rate(lambda xb: self._forward(model, xb, device, {}, {}), x, budget)
+            self.backward = self._rate(lambda xb: self._backward(model, xb, device), x, budget)
         finally:
             model.train(training)
 
     @staticmethod
+    def _rate(run, x, budget: float) -> Rate:
+        """`run(batch)`'s Rate: a call on one image, then on 4, 16, … 256 copies until the images cost as much as
+        the call did (so that their cost shows above the call's) or the next call would take more than twice
+        `budget` seconds. Each the best of two calls: a loaded machine only ever adds time."""
+        one = max(1e-9, min(run(x) for _ in range(2)))
+        n, many = 1, one
+        while n < 256 and many < 2 * one and many * 4 <= 2 * budget:
+            n *= 4
+            xn = x.expand(n, *x.shape[1:]).contiguous()
+            many = min(run(xn) for _ in range(2))
+        return Probe._fit(one, many, n)
+
+    @staticmethod
     def _fit(one: float, many: float, n: int) -> Rate:
-        image = (many - one) / (n - 1) if n > 1 else one
-        if image <= 0 or image > one:   # noise: the larger call alone
-            return Rate(0.0, many / n)
-        return Rate(one - image, image)
+        """Rate(call, image) through (1, one) and (n, many); noise that makes images look free leaves the call."""
+        if n == 1:
+            return Rate(0.0, one)
+        image = max(0.0, (many - one) / (n - 1))
+        return Rate(max(0.0, min(one, many) - image), image)
 
     @staticmethod
     def _sync(device: str) -> None:
@@ -147,6 +157,14 @@ class Probe:
         model = sum(count / max(1, w.batch) * rate.call + count * rate.image * area
                     for count, rate in ((w.forward, self.forward), (w.backward, self.backward)))
         return model * depth + w.loads * self.load + tsne_seconds(w.tsne_points)
+
+
+def _readable(ctx, index: int) -> bool:
+    try:
+        ctx.dataset.image(int(index))
+        return True
+    except DataError:
+        return False
 
 
 @dataclass

@@ -89,7 +89,15 @@ def test_price_counts_calls_and_images_scaled_by_area_and_depth():
 
 def test_rates_fitted_to_two_batches():
     assert Probe._fit(0.3, 0.5, 5) == Rate(pytest.approx(0.25), pytest.approx(0.05))
-    assert Probe._fit(0.3, 0.2, 5) == Rate(0.0, pytest.approx(0.04))   # noise: the larger call alone
+    assert Probe._fit(0.3, 0.2, 5) == Rate(0.2, 0.0)     # noise: the images look free, the call is what shows
+    assert Probe._fit(2.0, 2.0, 1) == Rate(0.0, 2.0)     # one image only (a large model): all of it per image
+    calls = []
+
+    def run(x):   # 0.1 s a call and 1 ms an image: batches grow until the images show
+        calls.append(len(x))
+        return 0.1 + 0.001 * len(x)
+    assert Probe._rate(run, torch.zeros(1, 1, 2, 2), budget=1.0) == Rate(pytest.approx(0.1), pytest.approx(0.001))
+    assert calls == [1, 1, 4, 4, 16, 16, 64, 64, 256, 256]
 
 
 # -- builds ------------------------------------------------------------------------------------------
