@@ -142,7 +142,7 @@ def assemble(ctx, outcomes: dict, site) -> Built:
 def _model(ctx) -> dict:
     m = ctx.model
     return {"sha256": m.sha256, "num_classes": len(m.classes), "class_ids": m.class_ids, "source": m.source,
-            "input_size": list(m.input_size),
+            "input_size": list(m.input_size), "resize_size": list(m.resize_size), "interpolation": m.interpolation,
             "channels": m.channels, "mean": m.mean, "std": m.std,
             "architecture": [{"path": li.path, "alias": li.alias, "type": li.type,
                               "output_shape": list(li.output_shape), "params": li.params} for li in ctx.layer_infos]}

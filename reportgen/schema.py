@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 SCHEMA_VERSION = 4   # 1: the first release (page context minus a blacklist); 2: data only, analyses by name;
                      # 3: input sizes as [height, width]; 4: `accuracy` is the accuracy analysis' part,
-                     # model and dataset `class_ids`
+                     # model and dataset `class_ids`, model `resize_size` and `interpolation`
 
 
 class _Strict(BaseModel):
@@ -108,6 +108,9 @@ class ModelInfo(_Strict):
     class_ids: list[str] | None = Field(description="a stable id per output (ImageNet's synset IDs), if known")
     source: str
     input_size: list[int] = Field(min_length=2, max_length=2, description="[height, width] in pixels")
+    resize_size: list[int] = Field(min_length=2, max_length=2, description="[height, width] images are scaled "
+                                   "to cover (aspect kept) before the centre crop to input_size")
+    interpolation: str = Field(description="the resampling filter of that scaling ('bilinear', 'bicubic')")
     channels: int
     mean: list[float]
     std: list[float]

@@ -103,6 +103,8 @@ def test_timm_model_builds_with_its_data_config(tmp_path):
     model = report["model"]
     assert model["source"] == "timm test_convnext (random weights)"
     assert model["input_size"] == [160, 160] and model["num_classes"] == 1000
+    # timm's eval transform for test_convnext: bicubic, crop_pct 0.95 → scaled to cover floor(160 / 0.95) = 168
+    assert (model["resize_size"], model["interpolation"]) == ([168, 168], "bicubic")
     # test_convnext's cfg normalizes with 0.5, not the ImageNet statistics reportgen assumes without one
     assert (model["mean"], model["std"]) == ([0.5] * 3, [0.5] * 3)
     assert report["dataset"]["used"] == 6
