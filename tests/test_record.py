@@ -45,6 +45,7 @@ def test_shards_merge_exactly(setup):
         assert np.array_equal(a.pooled_array()[1], b.pooled_array()[1])
         assert a.sample_maps.keys() == b.sample_maps.keys() == {4, 130}
     assert np.array_equal(whole.pred_index, merged.pred_index) and np.array_equal(whole.preds, merged.preds)
+    assert np.array_equal(whole.top5, merged.top5)
 
 
 def test_evidence_matches_direct_forward(setup):
@@ -74,6 +75,7 @@ def test_evidence_matches_direct_forward(setup):
         assert np.array_equal(e.hist, expected_hist)
         assert np.allclose(e.sample_maps[77].astype(np.float32), out[path][77].numpy(), atol=1e-2)
     assert np.array_equal(ev.preds, logits.argmax(1).numpy())
+    assert np.array_equal(ev.top5, logits.topk(5, 1).indices.numpy())
 
 
 def test_no_hook_remains_even_on_error(setup):
