@@ -26,16 +26,35 @@ def is_wnid(name: str) -> bool:
     return _WNID.fullmatch(name) is not None
 
 
-@cache
-def _info():
-    from timm.data import ImageNetInfo  # imported on first use: timm's import is slow and most builds skip this
-    return ImageNetInfo("imagenet-1k")
+_SYNSETS, _LEMMAS = "imagenet_synsets.txt", "imagenet_synset_to_lemma.txt"   # timm.data.imagenet_info's names
+
+
+def _timm_data(name: str) -> str:
+    """One of the files `timm.data.ImageNetInfo` reads, read without importing timm (seconds: it imports every
+    model) for a torchvision model's build; ImageNetInfo itself where timm keeps them elsewhere."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("timm")
+    path = Path(spec.submodule_search_locations[0], "data", "_info", name) if spec else None
+    if path is not None and path.is_file():
+        return path.read_text(encoding="utf-8")
+    from timm.data import ImageNetInfo  # the layout changed: let timm find its data
+    info = ImageNetInfo("imagenet-1k")
+    if name == _SYNSETS:
+        return "\n".join(info.label_names())
+    return "\n".join(f"{w}\t{info.label_name_to_description(w)}" for w in info.label_names())
 
 
 @cache
 def wnids() -> tuple[str, ...]:
     """ImageNet-1k's 1000 WNIDs in the models' output order."""
-    return tuple(_info().label_names())
+    return tuple(_timm_data(_SYNSETS).split())
+
+
+@cache
+def _lemmas() -> dict[str, str]:
+    """WNID → its WordNet lemmas ('axolotl, mud puppy, Ambystoma mexicanum'), as ImageNetInfo's descriptions."""
+    return dict(line.split("\t", 1) for line in _timm_data(_LEMMAS).splitlines() if "\t" in line)
 
 
 @cache
@@ -57,10 +76,7 @@ def wnid_index(wnid: str) -> int | None:
 
 def lemma(wnid: str) -> str:
     """A WNID's first WordNet lemma ('n01632777' → 'axolotl'), for any ImageNet-21k synset; the WNID if unknown."""
-    try:
-        return _info().label_name_to_description(wnid).split(",")[0].strip()
-    except KeyError:
-        return wnid
+    return _lemmas().get(wnid, wnid).split(",")[0].strip()
 
 
 def imagenet_class_ids(classes: list[str], num_outputs: int) -> list[str] | None:
@@ -73,7 +89,7 @@ def imagenet_class_ids(classes: list[str], num_outputs: int) -> list[str] | None
     if num_outputs != NUM_CLASSES or len(classes) != NUM_CLASSES:
         return None
     classes = list(classes)
-    descriptions = _info().label_descriptions()
+    descriptions = [_lemmas()[w] for w in wnids()]
     known = (list(names()), list(wnids()), descriptions, [d.split(",")[0].strip() for d in descriptions])
     return list(wnids()) if any(classes == k for k in known) else None
 

@@ -6,6 +6,7 @@ here (tench 0, axolotl 29, tabby 281; the issue's axolotl was labelled 1) and ch
 categories, an independent source from timm's synset list that reportgen maps with.
 """
 
+import importlib.util
 import json
 import types
 from pathlib import Path
@@ -16,6 +17,7 @@ import scipy.io
 import torch
 import torchvision
 from PIL import Image
+from timm.data import ImageNetInfo
 
 from reportgen import imagenet
 from reportgen.build import build
@@ -215,8 +217,21 @@ def test_an_unnamed_small_head_keeps_folder_order_with_lemma_names(tmp_path):
     assert d.classes == model.classes == ["axolotl", "tabby"] and d.class_ids == [AXOLOTL, "n02123045"]
 
 
+def test_timm_data_read_directly_is_what_imagenet_info_reads(monkeypatch):
+    info = ImageNetInfo("imagenet-1k")
+    assert list(imagenet.wnids()) == info.label_names()
+    assert {w: imagenet._lemmas()[w] for w in info.label_names()} == info.label_descriptions(as_dict=True)
+    assert imagenet.lemma(AXOLOTL) == "axolotl" and imagenet.lemma("n99999999") == "n99999999"
+    # where timm keeps its data elsewhere, timm's own reader gives the same
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "timm" else find_spec(name, *a))
+    assert imagenet._timm_data(imagenet._SYNSETS).split() == info.label_names()
+    fallback = dict(line.split("\t") for line in imagenet._timm_data(imagenet._LEMMAS).splitlines())
+    assert fallback == info.label_descriptions(as_dict=True)
+
+
 def test_imagenet_class_ids_recognizes_each_library_spelling():
-    info = imagenet._info()
+    info = ImageNetInfo("imagenet-1k")
     for spelling in (CATEGORIES, imagenet.wnids(), info.label_descriptions()):
         assert imagenet.imagenet_class_ids(list(spelling), 1000)[29] == AXOLOTL
     assert imagenet.imagenet_class_ids(CATEGORIES, 10) is None
