@@ -74,8 +74,8 @@ def _sharded_pass(ctx, layers: dict[str, int]) -> Evidence:
     merged in shard order, so the evidence is the same bytes for any number of processes, and a resumed
     build records only the missing shards.
     """
-    paths = list(layers)
-    shards = fixed_shards(ctx.indices, ctx.spec.dataset.batch_size)
+    paths, what = list(layers), plan(ctx, layers)
+    shards = fixed_shards(ctx.indices, ctx.spec.dataset.batch_size) or [ctx.indices]   # no image: one empty shard
     keys = [ctx.key(RECORD_VERSION, "shard", pass_params(ctx), paths, ctx.spec.dataset.batch_size, n)
             for n in range(len(shards))]
     cache = Cache(ctx.cache.root, ctx.cache.enabled)   # every rank writes its own shards
@@ -87,7 +87,7 @@ def _sharded_pass(ctx, layers: dict[str, int]) -> Evidence:
                 + (f" ({len(shards) - len(todo)} cached)" if len(todo) < len(shards) else ""))
         recorded = {}
         for n in ctx.group.shard_list(todo, 1):
-            ev = record(ctx.model.module, ctx.model.normalize, ctx.dataset, shards[n], plan(ctx, layers),
+            ev = record(ctx.model.module, ctx.model.normalize, ctx.dataset, shards[n], what,
                         progress=ctx.progress and ctx.group.is_main)
             recorded[n] = cache.save("record-shard", keys[n], _to_arrays(ev, paths))
         for part in ctx.group.all_gather(recorded):
