@@ -245,7 +245,7 @@ dataset: {{format: imagefolder, root: {root}, samples: 8}}
 layers: [{{name: layer4.1.conv2, filters: [0], embedding: none}}]
 feature_vis: {{enabled: false}}
 circuit: {{enabled: false}}
-attribution: {{enabled: false}}
+attribution: {{enabled: {attribution}, images: 1, methods: [saliency], sanity_check: false}}
 """
 
 
@@ -253,9 +253,9 @@ def test_a_build_reports_imagenet_classes(torch_home, tmp_path):
     """Every image is predicted axolotl (the stand-in's bias): before the mapping, the axolotl folder was label 1
     and accuracy 0; now the axolotls are right, 2 of 6."""
     synset_folder(tmp_path / "ds", list(KNOWN))
-    (tmp_path / "spec.yaml").write_text(SPEC.format(root=tmp_path / "ds"))
-    report = json.loads((build(load_spec(tmp_path / "spec.yaml"), progress=False, log=lambda *_: None)
-                         / "report.json").read_text())
+    (tmp_path / "spec.yaml").write_text(SPEC.format(root=tmp_path / "ds", attribution="true"))
+    site = build(load_spec(tmp_path / "spec.yaml"), progress=False, log=lambda *_: None)
+    report = json.loads((site / "report.json").read_text())
     samples = report["samples"]
     assert len(samples) == 6
     for s in samples:
@@ -268,11 +268,17 @@ def test_a_build_reports_imagenet_classes(torch_home, tmp_path):
     assert top1 == pytest.approx(np.mean([s["label"] == s["pred"] for s in samples])) == pytest.approx(1 / 3)
     top_classes = report["layers"][0]["filters"][0]["top_classes"]
     assert sorted(c["label"] for c in top_classes) == [0, 29, 281]   # only the classes with images
+    # the pages name the classes and show the synset ID as a tooltip
+    axolotl = f'<span title="{AXOLOTL}">axolotl</span>'
+    assert f"true: <strong>{axolotl}</strong>" in (site / "index.html").read_text()
+    assert f'<th scope="row">{axolotl}</th>' in (site / report["layers"][0]["filters"][0]["page"]).read_text()
+    page = next(p["page"] for p in report["pages"] if p["page"].startswith("attribution"))
+    assert f'predicted axolotl <span class="muted">{AXOLOTL}</span>' in (site / page).read_text()   # beside it
 
 
 def test_the_cli_refuses_a_foreign_folder_with_exit_2(torch_home, tmp_path, capsys):
     synset_folder(tmp_path / "ds", ["cat", "dog"])
-    (tmp_path / "spec.yaml").write_text(SPEC.format(root=tmp_path / "ds"))
+    (tmp_path / "spec.yaml").write_text(SPEC.format(root=tmp_path / "ds", attribution="false"))
     assert main(["build", str(tmp_path / "spec.yaml"), "-q"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: dataset.labels: class folders 'cat', 'dog' match none of the model's 1000 classes")
