@@ -6,11 +6,21 @@ caches each one as soon as it is done, and the shards are all-gathered and merge
 (filters to synthesize, images to attribute) are split in whole chunks the same way (`shard_list`). Every
 rank ends with the same results; rank 0 alone writes the site.
 
-Same bytes for any number of processes: every result is computed per fixed unit (a shard of whole batches,
-a chunk of filters with per-unit seeds, an image) exactly as a single process computes it, and partial
-results are combined in one fixed order (shard order, never rank or arrival order): float sums are not
-associative, so `a + (b + c)` from a different split of the batches would differ in the last bits and move
-every downstream number (class means, t-SNE, PCA).
+Same bytes for any number of processes and threads: every result is computed per fixed unit (a shard of
+whole batches, a chunk of filters with per-unit seeds, an image) exactly as a single process computes it, and
+partial results are combined in one fixed order (shard order, never rank or arrival order). What made the
+demo differ under `torchrun --nproc_per_node=2` (measured: the same spec built by the code before and after,
+one process with 2 threads against 2 processes with torchrun's OMP_NUM_THREADS=1, every cache entry compared):
+- the t-SNE coordinates (up to 15.6 apart) came from identical pooled features: LAPACK's PCA-50 before t-SNE
+  rounds differently with 1 and 2 threads, and t-SNE amplifies the last bits; embedding.py now runs PCA,
+  the neighbour search and openTSNE in one thread (the t-SNE helper's change);
+- the dataset pass's evidence was already equal (float64 sums of float32 means happen to be exact at 10k
+  images), but the shards followed the world size (rank r took batches r, r + world, …) and partial sums
+  were added in rank order: equal by luck of magnitudes, not by construction; fixed shards merged in shard
+  order make it so for any dataset;
+- conv forward/backward (the pass, feature vis, attribution), BLAS matmuls and the attribution/feature-vis
+  splits (whole chunks, per-unit seeds) gave the same bits with 1 and 2 threads here.
+The test builds a spec with every section both ways and compares every file (tests/test_distributed.py).
 
 A rank that stops (killed, out of memory, an error of its own): torchrun then sends SIGTERM to the others
 and gloo raises in the next collective; both surface here as `PeerLost`, and the survivors name the ranks
