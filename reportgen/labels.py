@@ -78,13 +78,11 @@ def match_labels(dataset, model, spec, named: bool) -> None:
         index = {k: int(k) for k in keys if int(k) < n}
     elif wnid_keys and model.class_ids:
         index = {w: i for i, w in enumerate(model.class_ids)}
-    elif all(k in model.classes for k in keys):
-        index = {c: i for i, c in enumerate(model.classes)}
-    elif unnamed and not from_file:
+    elif unnamed and not from_file and not all(k in model.classes for k in keys):
         _folder_order(dataset, model, wnid_keys)
         return
-    else:
-        index = {}
+    else:   # by name; the error below lists the keys no name matches
+        index = {c: i for i, c in enumerate(model.classes)}
     missing = [k for k in keys if k not in index]
     if missing:
         raise SpecError("dataset.labels", _mismatch(missing, model, from_file, wnid_keys, spec.root))

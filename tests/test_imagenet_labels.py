@@ -316,3 +316,10 @@ def test_an_output_holding_the_labels_file_is_refused(tmp_path):
     with pytest.raises(SpecError) as info:
         build(load_spec(tmp_path / "spec.yaml"), progress=False, log=lambda *_: None)
     assert info.value.key == "output" and "l.csv" in info.value.message
+
+
+def test_only_the_unmatched_folders_are_listed(resnet, tmp_path):
+    with pytest.raises(SpecError) as info:
+        matched(resnet, synset_folder(tmp_path / "ds", ["axolotl", "Tabby", "tench", "zebra crossing"]))
+    assert info.value.message.startswith("class folders 'Tabby', 'zebra crossing' match none of the model's 1000 "
+                                         "classes")
