@@ -21,6 +21,7 @@ from reportgen.render.plots import (
     explorer_figure,
     explorer_plot,
     script_tags,
+    sprite_layout,
     write_sprite_sheet,
 )
 
@@ -171,8 +172,34 @@ def test_page_carries_only_compact_plot_data_for_5k_points(tmp_path):
     assert div.startswith("<div") and script.lstrip().startswith("<script")
     assert not re.search(r"https?://|cdn\.bokeh|data:image", script)
     assert "Bokeh.safely" in script  # components() data only: no BokehJS inlined
-    # seven 4-byte columns, base64: ~37 bytes a point plus the model; a data URI a point would be > 1 MB
-    assert len(script) < 300_000, len(script)
+    # x, y, pos, index and 3 one- or two-byte columns, base64: ~25 bytes a point plus the model
+    assert len(script) < 200_000, len(script)
+
+
+def test_page_grows_by_under_40_bytes_a_point_so_60k_fit_in_5_mb():
+    def page(n):
+        points, labels, preds, index = scatter_data(n, n_classes=10)
+        neighbours = np.random.default_rng(0).integers(0, n, (n, 6))
+        layout = sprite_layout(n, (28, 28))
+        return sum(map(len, explorer_plot(points, labels, preds, index, [str(c) for c in range(10)], layout,
+                                          "s-{}.webp", neighbours=neighbours, panel_id="p")))
+    small, large = page(4000), page(24_000)
+    per_point = (large - small) / 20_000
+    # base64 of x, y (float32), pos, idx, nn0..5 (uint16 below 65536 points), lab, pred (uint8): 34.7 bytes
+    assert 30 < per_point < 40, per_point
+    assert small + per_point * 56_000 < 5e6
+
+
+def test_sprite_layout_splits_into_sheets_of_at_most_2048_px():
+    one = sprite_layout(5000, (28, 28))
+    assert (one.columns, one.rows, one.sheets, one.per_sheet) == (71, 71, 1, 5041)
+    many = sprite_layout(60_000, (28, 28))
+    assert (many.columns, many.rows, many.sheets) == (73, 73, 12)   # 2044 px a side
+    assert many.tiles(11) == slice(11 * 5329, 60_000)
+    offsets = many.offsets()   # tile 5329 + 74 starts sheet 1's second row, second column
+    np.testing.assert_array_equal(offsets[[0, 5328, 5329 + 74]], [[0, 0], [72 * 28, 72 * 28], [28, 28]])
+    wide = sprite_layout(300, (40, 64))   # (h, w): 32 columns of 64 px would pass 2048 only past 1024 tiles
+    assert (wide.columns, wide.rows, wide.tile_width, wide.tile_height) == (18, 17, 64, 40)
 
 
 def _serve_page(tmp_path, n, sprite_name):
