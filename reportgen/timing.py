@@ -7,8 +7,8 @@
     print(timer.table(verbose=False))                            # phase, seconds, share, estimate
 
 Laps leave no gap, so the phases add up to the whole build. The estimate prices `Work` (counts an analysis
-declares in `Analysis.cost`) with a `Probe`: one small batch of the real model, forward and forward+backward,
-on the build's device, plus the time to read a dataset image. Cached work costs nothing.
+declares in `Analysis.cost`) with a `Probe`: a few calls of the real model on the build's device, forward and
+forward+backward, on 1 to 256 copies of a dataset image, plus the time to read an image. Cached work costs nothing.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import math
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from .errors import DataError
@@ -68,7 +67,7 @@ class Probe:
     model's arithmetic), so each rate is fitted to two batch sizes (`_rate`).
     """
 
-    def __init__(self, ctx, layers: set[str], budget: float = 1.0):
+    def __init__(self, ctx, layers: set[str], budget: float = 2.0):
         model, device = ctx.model.module, ctx.device
         readable = [i for i in ctx.indices[:16] if _readable(ctx, i)]   # the pass skips (and names) the others
         if not readable:
@@ -94,12 +93,12 @@ class Probe:
 
     @staticmethod
     def _rate(run, x, budget: float) -> Rate:
-        """`run(batch)`'s Rate: a call on one image, then on 4, 16, … 256 copies until the images cost as much as
-        the call did (so that their cost shows above the call's) or the next call would take more than twice
+        """`run(batch)`'s Rate: a call on one image, then on 4, 16, … 256 copies until the images cost three times
+        what the call did (so that their cost shows above the call's noise) or the next call would take more than
         `budget` seconds. Each the best of two calls: a loaded machine only ever adds time."""
         one = max(1e-9, min(run(x) for _ in range(2)))
         n, many = 1, one
-        while n < 256 and many < 2 * one and many * 4 <= 2 * budget:
+        while n < 256 and many < 4 * one and many * 4 <= budget:
             n *= 4
             xn = x.expand(n, *x.shape[1:]).contiguous()
             many = min(run(xn) for _ in range(2))
