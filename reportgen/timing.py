@@ -95,13 +95,17 @@ class Probe:
     def _rate(run, x, budget: float) -> Rate:
         """`run(batch)`'s Rate: a call on one image, then on 4, 16, … 256 copies until the images cost three times
         what the call did (so that their cost shows above the call's noise) or the next call would take more than
-        `budget` seconds. Each the best of two calls: a loaded machine only ever adds time."""
-        one = max(1e-9, min(run(x) for _ in range(2)))
+        `budget` seconds."""
+        def best(xb) -> float:   # the least of a few calls: a loaded machine only ever adds time
+            times = [run(xb), run(xb)]
+            while len(times) < 7 and sum(times) < budget / 8:
+                times.append(run(xb))
+            return max(1e-9, min(times))
+        one = best(x)
         n, many = 1, one
         while n < 256 and many < 4 * one and many * 4 <= budget:
             n *= 4
-            xn = x.expand(n, *x.shape[1:]).contiguous()
-            many = min(run(xn) for _ in range(2))
+            many = best(x.expand(n, *x.shape[1:]).contiguous())
         return Probe._fit(one, many, n)
 
     @staticmethod
