@@ -197,7 +197,8 @@ def trustworthiness(
     k = min(k, (n - 1) // 2)
     if k < 1:
         return 1.0
-    return float(sk_trustworthiness(x, y, n_neighbors=k))
+    with threadpool_limits(1):  # its distances go through BLAS: one thread, the same ranks on every launch
+        return float(sk_trustworthiness(x, y, n_neighbors=k))
 
 
 def choose_queries(labels: np.ndarray, n: int = 8, seed: int = 0) -> np.ndarray:
