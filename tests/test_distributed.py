@@ -12,7 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from reportgen.build import prepare
 from reportgen.distributed import SHARD_BATCHES, Group, fixed_shards
+from reportgen.evidence import gather_evidence
+from reportgen.record import layer_to_arrays
+from reportgen.spec import load_spec
 from tests.helpers.tiny import FASHION_DIR
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,6 +73,41 @@ def test_ranks_take_disjoint_chunks_round_robin(n):
     zero, one = Group(0, 2).shard_list(items, 8), Group(1, 2).shard_list(items, 8)
     assert zero == [i for i in items if i // 8 % 2 == 0] and one == [i for i in items if i // 8 % 2 == 1]
     assert Group(0, 1).shard_list(items, 8) == items
+
+
+def test_the_pass_resumes_from_its_cached_shards_and_gives_the_same_evidence(tmp_path):
+    """In one process: shards deleted from the cache (with the merged per-layer results) are the only ones
+    recorded again, and the merged evidence equals an uncached pass, array for array."""
+    (tmp_path / "spec.yaml").write_text(f"""
+model: {{factory: tests.helpers.tiny:tiny_cnn, mean: [0.5], std: [0.25], input_size: 28}}
+dataset: {{format: fashion-mnist, root: {FASHION_DIR}, limit: 600, batch_size: 8, samples: 3}}
+layers: [{{name: block1_conv2, filters: all}}, {{name: features.c3, filters: all}}]
+record: {{pooled_limit: 250, negatives: true}}
+""")
+
+    def evidence(use_cache: bool) -> tuple[dict, list[str]]:
+        lines = []
+        ctx = prepare(load_spec(tmp_path / "spec.yaml"), use_cache, lines.append, analyses=[])
+        ctx.progress = False
+        gather_evidence(ctx)
+        arrays = {f"{p} {k}": v for p, e in ctx.evidence.layers.items() for k, v in layer_to_arrays(e).items()}
+        ev = ctx.evidence
+        arrays |= {"pred_index": ev.pred_index, "preds": ev.preds, "top5": ev.top5}
+        return arrays | {f"probs {i}": v for i, v in ev.sample_probs.items()}, lines
+
+    cold, lines = evidence(True)
+    assert "dataset pass: 5 of 5 shards to record" in lines           # 600 images, 128 a shard
+    cache = tmp_path / ".reportgen-cache"
+    shards = sorted((cache / "record-shard").glob("*.npz"))
+    assert len(shards) == 5
+    for entry in list((cache / "record").glob("*.npz")) + shards[:2]:
+        entry.unlink()
+    resumed, lines = evidence(True)
+    assert "dataset pass: 2 of 5 shards to record (3 cached)" in lines
+    plain, _ = evidence(False)
+    for other in (resumed, plain):
+        assert other.keys() == cold.keys()
+        assert [k for k in cold if not np.array_equal(cold[k], other[k])] == []
 
 
 def build(folder: Path, nproc: int, cache: bool = True, **env) -> subprocess.CompletedProcess:
