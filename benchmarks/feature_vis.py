@@ -1,18 +1,18 @@
 """Feature visualization: reportgen's batched `synthesize` vs torch-lucent's `render_vis`, one run, CPU; and
-the defaults against the previous ones on the lab's layers.
+a candidate setting of `feature_vis` against its defaults on the lab's layers.
 
     python benchmarks/feature_vis.py [--steps 64] [--size 128] [--filters 16] [--lucent-filters 2]
                                      [--threads N] [--grid-steps 16] [--skip-grids]
                                      [--lab-units 4] [--lab-layers block3_conv1,...] [--lab-divide 1]
-                                     [--skip-lucent]
+                                     [--lab-candidate '{"progressive": true}'] [--skip-lucent]
 
-Defaults (`--lab-units` > 0): the lab's layers of `vgg19(weights=None)` (block2_conv2, block3_conv1 and
+Lab (`--lab-units` > 0): the lab's layers of `vgg19(weights=None)` (block2_conv2, block3_conv1 and
 block5_conv3, as `circuit.expand` adds them; each its conv's ReLU, as the alias means) at 128 px, the
-same units synthesized with `feature_vis`' defaults (`FeatureVisSpec()`, through `optimizer_for`, as a build
-runs them) and with the previous defaults (256 full-size steps at a constant lr 0.05). Printed per layer:
-seconds of each and their ratio, and the mean final activation (the objective on the final, unwarped
-uint8 image) of each and their ratio. Goal: >= 3x less time, activation ratio >= 1. `--lab-divide K` runs
-both with 1/K of their steps (the same stages, shorter): a quick time ratio, activation not comparable.
+same units synthesized with `feature_vis`' defaults (`FeatureVisSpec()`) and with `--lab-candidate` (spec
+fields over the defaults), both through `optimizer_for` as a build runs them. Printed per layer: seconds of
+each and their ratio, and the mean final activation (the objective on the final, unwarped uint8 image) of
+each and their ratio (goal for a new default: >= 3x less time, activation ratio >= 1). `--lab-divide K`
+runs both with 1/K of their steps (the same stages, shorter): a quick time ratio, activation not comparable.
 
 Same model (`vgg19(weights=None)`, seed 0), layer (block3_conv1 = `features.10`), steps and image size.
 reportgen renders `--filters` filters as one batch; lucent renders `--lucent-filters` of them one at a time
@@ -29,6 +29,7 @@ Then the time of a 64-filter grid: the demo CNN's conv4 at 28 px (trained weight
 """
 
 import argparse
+import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -132,27 +133,29 @@ def grids(args: argparse.Namespace) -> None:
           f"{args.steps} steps, {per_step * 256:.0f} s for 256")
 
 
-PREVIOUS_DEFAULTS = Optimizer(steps=256, lr=0.05)    # feature_vis' defaults before coarse to fine
 LAB_LAYERS = {"block2_conv2": "features.8", "block3_conv1": "features.11", "block5_conv3": "features.33"}
 
 
 def lab(args: argparse.Namespace) -> None:
     model = vgg19()
     param = Parameterization(3, IMAGENET_MEAN, IMAGENET_STD, size=128)
-    now = optimizer_for(FeatureVisSpec(), param.hw, "channel", seed=0)
     k = args.lab_divide
-    now, previous = (replace(o, steps=max(len(o.sizes), o.steps // k)) for o in (now, PREVIOUS_DEFAULTS))
+    settings = {"candidate": FeatureVisSpec(**json.loads(args.lab_candidate)), "defaults": FeatureVisSpec()}
+    loops = {}
+    for name, s in settings.items():
+        opt = optimizer_for(s, param.hw, "channel", seed=0)
+        loops[name] = replace(opt, steps=max(len(opt.sizes), opt.steps // k))
     units = list(range(0, 64, 64 // args.lab_units))[:args.lab_units]
-    print(f"defaults vs previous, VGG19 (random weights), 128 px, units {units}, {torch.get_num_threads()} threads:"
-          f"\n  now: {now}\n  previous: {previous}" + (f"\n  steps divided by {k}: time only" if k > 1 else ""))
+    print(f"candidate vs defaults, VGG19 (random weights), 128 px, units {units}, {torch.get_num_threads()} "
+          f"threads:" + "".join(f"\n  {n}: {o}" for n, o in loops.items())
+          + (f"\n  steps divided by {k}: time only" if k > 1 else ""))
     for alias in args.lab_layers.split(","):
-        runs = {}
-        for name, opt in (("now", now), ("previous", previous)):
-            runs[name] = timed(lambda: synthesize(model, Objective(LAB_LAYERS[alias], units), param, RandomAffine(), opt))
-        (a, ta, _), (b, tb, _) = runs["now"], runs["previous"]
+        (a, ta, _), (b, tb, _) = (timed(lambda o=o: synthesize(model, Objective(LAB_LAYERS[alias], units), param,
+                                                               RandomAffine(), o)) for o in loops.values())
         print(f"  {alias}: {ta:6.1f} s vs {tb:6.1f} s = {tb / ta:.2f}x faster; mean activation "
-              f"{a.activation.mean():.4f} vs {b.activation.mean():.4f} = ratio {a.activation.mean() / b.activation.mean():.2f} "
-              f"(per unit: {np.round(a.activation / b.activation, 2).tolist()})", flush=True)
+              f"{a.activation.mean():.4f} vs {b.activation.mean():.4f} = ratio "
+              f"{a.activation.mean() / b.activation.mean():.2f} (per unit: {np.round(a.activation / b.activation, 2).tolist()})",
+              flush=True)
 
 
 def main() -> None:
@@ -168,6 +171,7 @@ def main() -> None:
     parser.add_argument("--lab-units", type=int, default=4, help="units per lab layer (0: skip)")
     parser.add_argument("--lab-layers", default=",".join(LAB_LAYERS))
     parser.add_argument("--lab-divide", type=int, default=1, help="run 1/K of the steps: a quick time ratio")
+    parser.add_argument("--lab-candidate", default='{"progressive": true}', help="feature_vis fields, JSON")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -87,7 +87,7 @@ def _curve_steps(steps: int) -> np.ndarray:
 
 class Curve(BaseModel):
     steps: list[int]             # optimization step (1-based) of each value
-    values: list[float]          # the objective on the step's warped image
+    values: list[float]          # the objective on the step's warped image, at the step's size (coarse to fine)
 
 
 class Synthesized(BaseModel):
