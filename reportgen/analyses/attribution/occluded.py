@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.fx.experimental.optimization import fuse
 
 from .incremental import Prefix, Step, fold_batchnorm, local_prefix
 
@@ -104,6 +105,17 @@ class _Canvas:
         return source.index_select(0, index).view(-1, *size, c)
 
 
+def _fused_channels_last(rest: nn.Module) -> nn.Module:
+    """A copy of `rest` with each eval BatchNorm folded into the conv before it (torch.fx's `fuse`) and its
+    weights channels-last, as the occluded activations are: about 25 % less time on the many occluded copies
+    at 224 px (ResNet-18), equal up to float rounding. `rest` itself where fx cannot trace or fold it."""
+    try:
+        fused = fuse(rest)
+    except Exception:  # untraceable forward, a BatchNorm in training mode or without running statistics
+        return rest
+    return fused.to(memory_format=torch.channels_last)
+
+
 @dataclass
 class _Stage:
     """A local layer and the pointwise layers after it, as run on crops and on the clean batch."""
@@ -163,7 +175,7 @@ class OccludedForward:
                                                       for g, li in ((g_r, l_r), (g_c, l_c))),
                                       tuple((torch.as_tensor(bx.start, device=dev), bx.size) for bx in boxes),
                                       (p_c, right[1], p_r, right[0])))
-        self.tail, self.rest = prefix.steps[cut:], prefix.rest
+        self.tail, self.rest = prefix.steps[cut:], _fused_channels_last(prefix.rest)
         return len(self.stages) > 1
 
     def _clean_logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -182,6 +194,8 @@ class OccludedForward:
     def _finish(self, z: torch.Tensor) -> torch.Tensor:
         for step in self.tail:
             z = step.full_fn(z)
+        if z.dim() == 4:   # a no-op for the crops' NHWC views
+            z = z.contiguous(memory_format=torch.channels_last)
         return self.rest(z)
 
     @torch.inference_mode()
