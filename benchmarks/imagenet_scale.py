@@ -20,6 +20,7 @@ of an older commit), on the same images, and both tables are printed side by sid
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -171,6 +172,16 @@ def table(results: dict[str, dict]) -> str:
     return "\n".join(rows)
 
 
+def use_checkout(root: Path) -> None:
+    """Import reportgen, and its templates (installed as the package `reportgen.templates`), from `root`."""
+    import importlib.machinery
+
+    sys.path.insert(0, str(root))
+    spec = importlib.machinery.ModuleSpec("reportgen.templates", None, is_package=True)
+    spec.submodule_search_locations = [str(root / "templates")]
+    sys.modules["reportgen.templates"] = importlib.util.module_from_spec(spec)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=500)
@@ -186,7 +197,7 @@ def main() -> None:
     p.add_argument("--root", default=str(ROOT), help=argparse.SUPPRESS)   # where reportgen is imported from
     p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
-    sys.path.insert(0, args.root)
+    use_checkout(Path(args.root))
     workers_given = args.workers is not None
     if not workers_given:
         from reportgen.spec import DatasetSpec
