@@ -24,12 +24,13 @@ so it only pays off once the O(N log N) tree walk grows past it). 100+150 iterat
 within 0.001 of 125+250.
 
 At 60k points (Fashion-MNIST train, the demo CNN's pooled 128-D features, CPU seconds of one thread; the
-machine was loaded 4-6x, so wall seconds were 3-6x these): PCA-50 1.9 s, neighbours exact 15.6 s vs openTSNE's
+machine was loaded 4-8x, so wall seconds were 3-6x these): PCA-50 1.9 s, neighbours exact 15.6 s vs openTSNE's
 Annoy 11.5 s (approximate, and its index differs with the thread count), FFT 100+150 iterations 9.4 s:
 trustworthiness (k=10, 5k subsample) 0.9927 with either neighbour search. So the neighbours are exact and
-the whole t-SNE runs in one thread: openTSNE with n_jobs=2 (and BLAS with 2 threads) gave different
-coordinates, and the site must be the same bytes whatever the launch. `benchmarks/embedding.py` measures
-this against sklearn.manifold.TSNE.
+the whole t-SNE runs in one thread: with 2 BLAS threads the PCA (hence every coordinate) comes out different
+in the last bits, and the site must be the same bytes whatever the launch. `benchmarks/embedding.py`, one
+run: 60k points in 30.1 s CPU (164 s wall at load 15), trustworthiness 0.9927; on the same random 5k subset
+0.9940 against sklearn.manifold.TSNE()'s 0.9946 (4.1 s vs 28.6 s CPU).
 
 One exact k-nearest-neighbour graph (`knn_graph`, in the PCA-50 space of `neighbour_space`) serves both
 t-SNE's affinities and the explorer's "nearest neighbours" panel, so it is computed once per layer.
