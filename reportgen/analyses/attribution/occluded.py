@@ -145,15 +145,16 @@ class OccludedForward:
             if not self._plan(Prefix(fold_batchnorm(prefix.steps), prefix.rest), x, rows, cols, size):
                 self._plan(plain, x, rows, cols, size)
             self.clean = self._clean_logits(x)                                                # (B, K)
-            if len(self.stages) > 1 and not torch.allclose(self.clean, model(x), rtol=1e-4, atol=1e-5):
-                # the trace computes something else than the model (state outside the graph): go plain
-                self._plan(plain, x, rows, cols, size)
+            if not torch.allclose(self.clean, model(x), rtol=1e-4, atol=1e-5):
+                # a trace (the chain's or the fused rest's) computes something else than the model (state
+                # outside the graph): the model itself, as it is
+                self._plan(plain, x, rows, cols, size, fold=False)
                 self.clean = self._clean_logits(x)
 
-    def _plan(self, prefix: Prefix, x: torch.Tensor, rows, cols, size) -> bool:
+    def _plan(self, prefix: Prefix, x: torch.Tensor, rows, cols, size, fold: bool = True) -> bool:
         """Boxes and crops of every local layer for every window; the chain is cut where boxes
-        stop saving work, and the layers from there on run on whole activations.
-        Returns whether any local layer runs on crops."""
+        stop saving work, and the layers from there on run on whole activations (`fold`: BatchNorm folded, see
+        `_fused_channels_last`). Returns whether any local layer runs on crops."""
         dev = x.device
         boxes = [_Box(lo, hi, np.minimum(lo, n - w), w) for (lo, hi), n, w in zip((rows, cols), x.shape[-2:], size)]
         self.first = tuple((torch.as_tensor(bx.start, device=dev), bx.size) for bx in boxes)
@@ -175,7 +176,7 @@ class OccludedForward:
                                                       for g, li in ((g_r, l_r), (g_c, l_c))),
                                       tuple((torch.as_tensor(bx.start, device=dev), bx.size) for bx in boxes),
                                       (p_c, right[1], p_r, right[0])))
-        self.tail, self.rest = prefix.steps[cut:], _fused_channels_last(prefix.rest)
+        self.tail, self.rest = prefix.steps[cut:], _fused_channels_last(prefix.rest) if fold else prefix.rest
         return len(self.stages) > 1
 
     def _clean_logits(self, x: torch.Tensor) -> torch.Tensor:
