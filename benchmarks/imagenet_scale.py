@@ -210,7 +210,7 @@ def main() -> None:
             + (["--no-feature-vis"] if args.no_feature_vis else []) \
             + ([f"--workers={args.workers}"] if workers_given else [])   # else the baseline's own default
         out = subprocess.run([sys.executable, __file__, *child, "--root", args.baseline, "--json"],
-                             check=True, capture_output=True, text=True).stdout
+                             check=True, stdout=subprocess.PIPE, text=True).stdout   # its errors show
         results["before"] = json.loads(out.strip().splitlines()[-1])
     results["after" if args.baseline else "this checkout"] = run(args)
     if args.json:
