@@ -24,7 +24,6 @@ the page <= 5 MB, peak memory flat in the number of images.
 """
 
 import argparse
-import resource
 import subprocess
 import sys
 import tempfile
