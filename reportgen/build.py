@@ -15,7 +15,7 @@ from .analysis import Analysis, Context, analysis_costs, check_analyses, run_ana
 from .artifacts import Cache
 from .data import load_dataset, sample_indices, subset_indices
 from .distributed import SINGLE, Group
-from .errors import SpecError
+from .errors import DataError, SpecError
 from .evidence import gather_evidence, pass_cost, pass_keys, receptive_fields
 from .labels import match_labels
 from .layers import list_layers, resolve_layers
@@ -71,6 +71,8 @@ def estimate(ctx: Context, outcomes: dict) -> dict[tuple[str, str | None], float
         return dict.fromkeys(works, 0.0)
     try:
         probe = Probe(ctx, {l.path for l in ctx.layers})
+    except DataError:   # unreadable images: the pass skips or raises on them, naming the files
+        return {}
     except Exception as exc:  # noqa: BLE001 - no estimate is no reason to stop: the pass says what is wrong
         ctx.log(f"no estimate of the build's time: the probe of the model failed ({exc.__class__.__name__}: {exc})")
         return {}

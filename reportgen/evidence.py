@@ -83,8 +83,9 @@ def _sharded_pass(ctx, layers: dict[str, int]) -> Evidence:
     try:
         # agreed before anyone records (so no rank sees another's fresh shard): what any rank lacks
         todo = sorted(set().union(*ctx.group.all_gather([n for n in range(len(shards)) if n not in found])))
-        ctx.log(f"dataset pass: {len(todo)} of {len(shards)} shards to record"
-                + (f" ({len(shards) - len(todo)} cached)" if len(todo) < len(shards) else ""))
+        if len(shards) > 1:   # what a resumed build reuses
+            ctx.log(f"dataset pass: {len(todo)} of {len(shards)} shards to record"
+                    + (f" ({len(shards) - len(todo)} cached)" if len(todo) < len(shards) else ""))
         recorded = {}
         for n in ctx.group.shard_list(todo, 1):
             ev = record(ctx.model.module, ctx.model.normalize, ctx.dataset, shards[n], what,

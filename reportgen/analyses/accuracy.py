@@ -17,7 +17,8 @@ def labels_are_outputs(ctx) -> str | None:
     """None when the dataset's label i is the model's output i, else why accuracy cannot be stated."""
     outputs, classes = len(ctx.model.classes), len(ctx.dataset.classes)
     if outputs != classes:
-        return f"the model's {outputs} outputs are not the dataset's {classes} classes: no accuracy to state"
+        return (f"the model's {outputs} outputs are not the dataset's {classes} "
+                f"class{'es' if classes != 1 else ''}: no accuracy to state")
     return None
 
 
