@@ -8,6 +8,7 @@ so 1 or N processes give the same bytes. `receptive_fields(ctx)` needs only the 
 """
 
 import numpy as np
+from tqdm import tqdm
 
 from .artifacts import Cache
 from .data import sample_indices
@@ -86,11 +87,12 @@ def _sharded_pass(ctx, layers: dict[str, int]) -> Evidence:
         if len(shards) > 1:   # what a resumed build reuses
             ctx.log(f"dataset pass: {len(todo)} of {len(shards)} shards to record"
                     + (f" ({len(shards) - len(todo)} cached)" if len(todo) < len(shards) else ""))
-        recorded = {}
-        for n in ctx.group.shard_list(todo, 1):
-            ev = record(ctx.model.module, ctx.model.normalize, ctx.dataset, shards[n], what,
-                        progress=ctx.progress and ctx.group.is_main)
-            recorded[n] = cache.save("record-shard", keys[n], _to_arrays(ev, paths))
+        recorded, mine = {}, ctx.group.shard_list(todo, 1)
+        with tqdm(total=sum(len(shards[n]) for n in mine), unit="img", desc="dataset pass", leave=False,
+                  disable=not (ctx.progress and ctx.group.is_main)) as bar:   # one bar across the shards
+            for n in mine:
+                ev = record(ctx.model.module, ctx.model.normalize, ctx.dataset, shards[n], what, progress=bar)
+                recorded[n] = cache.save("record-shard", keys[n], _to_arrays(ev, paths))
         for part in ctx.group.all_gather(recorded):
             found.update(part)
     except PeerLost as exc:

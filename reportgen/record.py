@@ -122,8 +122,10 @@ class RecordPlan:
 
 
 def record(model: nn.Module, normalize, dataset: Dataset, indices: np.ndarray, plan: RecordPlan,
-           progress: bool = True) -> Evidence:
-    """One forward pass over `indices` (dataset indices), recording `plan`'s evidence."""
+           progress=True) -> Evidence:
+    """One forward pass over `indices` (dataset indices), recording `plan`'s evidence.
+
+    progress: show a bar (True/False), or a tqdm bar to advance (one bar across a pass recorded in shards)."""
     layers, num_classes, k, negatives = plan.layers, plan.num_classes, plan.k, plan.negatives
     pooled, samples, device = plan.pooled, plan.samples, plan.device
     pooled_arr, samples_arr = np.array(sorted(pooled), np.int64), np.array(sorted(samples), np.int64)
@@ -166,7 +168,9 @@ def record(model: nn.Module, normalize, dataset: Dataset, indices: np.ndarray, p
                                          num_workers=plan.workers, collate_fn=collate,
                                          pin_memory=device.startswith("cuda"))
     pred_index, preds, top5, probs, skipped = [], [], [], {}, []
-    with tqdm(total=len(indices), unit="img", desc="dataset pass", disable=not progress, leave=False) as bar, \
+    bar_of_caller = hasattr(progress, "update")
+    with (contextlib.nullcontext(progress) if bar_of_caller else
+          tqdm(total=len(indices), unit="img", desc="dataset pass", disable=not progress, leave=False)) as bar, \
             recording_hooks(model, list(layers), on_output), torch.inference_mode():
         for idx_t, imgs, bad in loader:
             skipped += bad
