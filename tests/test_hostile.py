@@ -102,7 +102,8 @@ def test_ctrl_c_stops_cleanly(tmp_path):
     (tmp_path / "spec.yaml").write_text(
         f"model: {{factory: tests.helpers.tiny:tiny_cnn, mean: [0.5], std: [0.25], input_size: 28}}\n"
         f"dataset: {{format: fashion-mnist, root: {FASHION_DIR}, batch_size: 8}}\n"
-        "layers: [{name: block1_conv1}]\n")
+        "layers: [{name: block1_conv1}]\n"
+        "feature_vis: {steps: 10000}\n")   # work left whenever the signal comes: the pass alone takes seconds
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen([sys.executable, "-m", "reportgen", "build", str(tmp_path / "spec.yaml")], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
