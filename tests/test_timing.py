@@ -35,7 +35,7 @@ layers:
   - name: features.c3
     filters: [1]
     embedding: none
-feature_vis: {{steps: 4}}
+feature_vis: {{steps: 200}}   # enough work to show in a table of hundredths on a quiet machine
 attribution: {{images: 1, methods: [saliency]}}
 """
 BUILD_PHASES = ["load", "receptive fields", "estimate", "dataset pass"]
