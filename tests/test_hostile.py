@@ -104,7 +104,7 @@ def test_ctrl_c_stops_cleanly(tmp_path):
         f"dataset: {{format: fashion-mnist, root: {FASHION_DIR}, batch_size: 8}}\n"
         "layers: [{name: block1_conv1}]\n"
         "feature_vis: {steps: 10000}\n")   # work left whenever the signal comes: the pass alone takes seconds
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONFAULTHANDLER="1")   # a hang shows its stack on SIGABRT
     proc = subprocess.Popen([sys.executable, "-m", "reportgen", "build", str(tmp_path / "spec.yaml")], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
@@ -118,7 +118,12 @@ def test_ctrl_c_stops_cleanly(tmp_path):
     time.sleep(3)
     sent = time.time()
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=30)
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        _, err = proc.communicate(timeout=30)
+        pytest.fail("still running 30 s after Ctrl-C; its stack:\n" + err[-4000:])
     assert proc.returncode == 130
     assert time.time() - sent < 5
     assert err.strip().splitlines()[-1].split("\r")[-1].strip() == "interrupted; the previous site is unchanged"
