@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import ReportgenError, SpecError
+from .interrupt import handling_ctrl_c
 
 
 def _log(msg: str) -> None:
@@ -129,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     warnings.showwarning = _warning
     try:
-        return args.func(args)
+        with handling_ctrl_c():
+            return args.func(args)
     except SpecError as exc:
         for err in getattr(exc, "errors", [exc]):
             _log(f"error: {err.key}: {err.message}")

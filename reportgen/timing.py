@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import interrupt
 from .errors import DataError
 from .hooks import find_module, removing
 
@@ -186,6 +187,7 @@ class Timer:
     last: float = field(default_factory=time.perf_counter)
 
     def lap(self, phase: str, layer: str | None = None, cached: bool = False) -> float:
+        interrupt.check()   # a Ctrl-C swallowed during the phase stops the build here
         now = time.perf_counter()
         self.rows.append(Row(phase, layer, now - self.last, cached))
         self.last = now
