@@ -3,16 +3,19 @@ a candidate setting of `feature_vis` against its defaults on the lab's layers.
 
     python benchmarks/feature_vis.py [--steps 64] [--size 128] [--filters 16] [--lucent-filters 2]
                                      [--threads N] [--grid-steps 16] [--skip-grids]
-                                     [--lab-units 4] [--lab-layers block3_conv1,...] [--lab-divide 1]
-                                     [--lab-candidate '{"progressive": true}'] [--skip-lucent]
+                                     [--lab-units 8] [--lab-layers block3_conv1,...] [--lab-divide 1]
+                                     [--lab-baseline '{"steps": 256, "settle": 0, "precision": "float32"}']
+                                     [--lab-candidate '{}'] [--skip-lucent]
 
 Lab (`--lab-units` > 0): the lab's layers of `vgg19(weights=None)` (block2_conv2, block3_conv1 and
 block5_conv3, as `circuit.expand` adds them; each its conv's ReLU, as the alias means) at 128 px, the
-same units synthesized with `feature_vis`' defaults (`FeatureVisSpec()`) and with `--lab-candidate` (spec
-fields over the defaults), both through `optimizer_for` as a build runs them. Printed per layer: seconds of
-each and their ratio, and the mean final activation (the objective on the final, unwarped uint8 image) of
-each and their ratio (goal for a new default: >= 3x less time, activation ratio >= 1). `--lab-divide K`
-runs both with 1/K of their steps (the same stages, shorter): a quick time ratio, activation not comparable.
+same units synthesized with `--lab-candidate` (spec fields over `feature_vis`' defaults; default: the
+defaults) and with `--lab-baseline` (default: the loop before settling and bfloat16 became defaults: 256
+warped steps in float32), both through `optimizer_for` as a build runs them (`precision: auto` resolved on
+this machine). Printed per layer: seconds of each and their ratio, and the mean final activation (the
+objective on the final, unwarped uint8 image, in float32) of each and their ratio, per unit too (goal for
+the defaults: >= 3x less time, activation ratio >= 1 on every layer). `--lab-divide K` runs both with 1/K
+of their steps (the same stages, shorter): a quick time ratio, activation not comparable.
 
 Same model (`vgg19(weights=None)`, seed 0), layer (block3_conv1 = `features.10`), steps and image size.
 reportgen renders `--filters` filters as one batch; lucent renders `--lucent-filters` of them one at a time
@@ -140,13 +143,14 @@ def lab(args: argparse.Namespace) -> None:
     model = vgg19()
     param = Parameterization(3, IMAGENET_MEAN, IMAGENET_STD, size=128)
     k = args.lab_divide
-    settings = {"candidate": FeatureVisSpec(**json.loads(args.lab_candidate)), "defaults": FeatureVisSpec()}
+    settings = {"candidate": FeatureVisSpec(**json.loads(args.lab_candidate)),
+                "baseline": FeatureVisSpec(**json.loads(args.lab_baseline))}
     loops = {}
     for name, s in settings.items():
         opt = optimizer_for(s, param.hw, "channel", seed=0)
         loops[name] = replace(opt, steps=max(len(opt.sizes), opt.steps // k))
     units = list(range(0, 64, 64 // args.lab_units))[:args.lab_units]
-    print(f"candidate vs defaults, VGG19 (random weights), 128 px, units {units}, {torch.get_num_threads()} "
+    print(f"candidate vs baseline, VGG19 (random weights), 128 px, units {units}, {torch.get_num_threads()} "
           f"threads:" + "".join(f"\n  {n}: {o}" for n, o in loops.items())
           + (f"\n  steps divided by {k}: time only" if k > 1 else ""))
     for alias in args.lab_layers.split(","):
@@ -168,10 +172,12 @@ def main() -> None:
     parser.add_argument("--grid-steps", type=int, default=16)
     parser.add_argument("--skip-grids", action="store_true")
     parser.add_argument("--skip-lucent", action="store_true")
-    parser.add_argument("--lab-units", type=int, default=4, help="units per lab layer (0: skip)")
+    parser.add_argument("--lab-units", type=int, default=8, help="units per lab layer (0: skip)")
     parser.add_argument("--lab-layers", default=",".join(LAB_LAYERS))
     parser.add_argument("--lab-divide", type=int, default=1, help="run 1/K of the steps: a quick time ratio")
-    parser.add_argument("--lab-candidate", default='{"progressive": true}', help="feature_vis fields, JSON")
+    parser.add_argument("--lab-candidate", default="{}", help="feature_vis fields over the defaults, JSON")
+    parser.add_argument("--lab-baseline", default='{"steps": 256, "settle": 0, "precision": "float32"}',
+                        help="feature_vis fields over the defaults, JSON")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -170,9 +170,15 @@ class RecordSpec(_Section):
 class FeatureVisSpec(_Section):
     enabled: bool = True
     size: int = Field(0, ge=0, le=1024, description="image size; 0 = the model's input size")
-    # Cheaper loops lowered the final activation (VGG19 block3_conv1, 64 px, vs these defaults): coarse to fine
-    # at 256 steps 0.74x, at 128 steps and lr 0.1 0.67x; a decaying lr less still. benchmarks/feature_vis.py.
-    steps: int = Field(256, ge=1, le=10_000)
+    # 128 steps with the last quarter settling reach 1.03-2.4x the final activation of 256 warped steps
+    # (VGG19 block2_conv2 to block5_conv3, 128 px); coarse to fine lowered it (0.74x). benchmarks/feature_vis.py.
+    steps: int = Field(128, ge=1, le=10_000)
+    settle: float = Field(0.25, ge=0, le=1, description="share of the last steps that optimize the unwarped "
+                                                        "image (the view shown and measured), no random warp")
+    precision: Literal["auto", "float32", "bfloat16"] = Field("auto", description=(
+        "what the steps compute the model in; auto = bfloat16 where the device computes it natively (CPUs "
+        "with AVX-512 BF16 or AMX, CUDA GPUs that support it), else float32. Final images are measured in "
+        "float32"))
     lr: float = Field(0.05, gt=0, description="Adam's step size")
     progressive: bool = Field(False, description="coarse to fine: a third of the steps at half size, a third at "
                                                  "three quarters, for 60% of the work (images of 64 px or more; "

@@ -41,6 +41,7 @@ class Work:
     tsne_points: int = 0                   # points embedded by t-SNE
     size: tuple[float, float] | None = None    # (H, W)
     layer: str | None = None               # module path where the forward stops
+    autocast: torch.dtype | None = None    # the backward passes compute in this dtype (None: float32)
 
 
 def tsne_seconds(n: int) -> float:
@@ -62,7 +63,8 @@ class Probe:
     """What the model costs on the build's device, measured once on a dataset image.
 
     forward / backward: `Rate`s of the whole model at the input size (backward: forward + gradient to the
-    input, weights frozen as feature vis runs them); fraction[layer]: the share of a forward spent up to
+    input, weights frozen as feature vis runs them; `backward_in(dtype)` the same under autocast, measured
+    when a Work first asks for it); fraction[layer]: the share of a forward spent up to
     `layer`'s output, from a timestamp at each layer during one forward; load: reading one dataset image.
     A call has a cost of its own (on a loaded CPU, threads waiting to be scheduled can cost more than a small
     model's arithmetic), so each rate is fitted to two batch sizes (`_rate`).
@@ -91,6 +93,16 @@ class Probe:
             self.backward = self._rate(lambda xb: self._backward(model, xb, device), x, budget)
         finally:
             model.train(training)
+        self._low_precision = {}                            # dtype → backward Rate, measured when first priced
+        self._measure_low = lambda dtype: self._rate(
+            lambda xb: self._backward(model, xb, device, dtype), x, budget)
+
+    def backward_in(self, dtype: torch.dtype | None) -> Rate:
+        if dtype is None:
+            return self.backward
+        if dtype not in self._low_precision:
+            self._low_precision[dtype] = self._measure_low(dtype)
+        return self._low_precision[dtype]
 
     @staticmethod
     def _rate(run, x, budget: float) -> Rate:
@@ -135,19 +147,23 @@ class Probe:
             self._sync(device)
             return time.perf_counter() - t0
 
-    def _backward(self, model, x, device) -> float:
+    def _backward(self, model, x, device, dtype: torch.dtype | None = None) -> float:
         grads = [(p, p.requires_grad) for p in model.parameters()]
+        training = model.training
+        model.eval()
         for p, _ in grads:
             p.requires_grad_(False)
         try:
             x = x.clone().requires_grad_(True)
             self._sync(device)
             t0 = time.perf_counter()
-            with torch.enable_grad():
+            with torch.enable_grad(), torch.autocast(torch.device(device).type, dtype=dtype,
+                                                     enabled=dtype is not None):
                 model(x).float().sum().backward()
             self._sync(device)
             return time.perf_counter() - t0
         finally:
+            model.train(training)
             for p, flag in grads:
                 p.requires_grad_(flag)
 
@@ -159,7 +175,8 @@ class Probe:
         area = 1.0 if w.size is None else (w.size[0] * w.size[1]) / (self.size[0] * self.size[1])
         depth = 1.0 if w.layer is None else self.fraction.get(w.layer, 1.0)
         model = sum(count / max(1, w.batch) * rate.call + count * rate.image * area
-                    for count, rate in ((w.forward, self.forward), (w.backward, self.backward)))
+                    for count, rate in ((w.forward, self.forward),
+                                        (w.backward, self.backward_in(w.autocast) if w.backward else self.backward)))
         return model * depth + w.loads * self.load + tsne_seconds(w.tsne_points)
 
 

@@ -181,7 +181,7 @@ def check_kept(spec: Spec, doc: dict, base):
     assert spec.title == doc.get("title", "reportgen report") and spec.seed == doc.get("seed", 0)
     assert spec.dataset.format == doc["dataset"]["format"]
     assert spec.dataset.root == Path(os.path.normpath(base / doc["dataset"]["root"]))   # relative to the spec
-    assert spec.feature_vis.steps == doc.get("feature_vis", {}).get("steps", 256)
+    assert spec.feature_vis.steps == doc.get("feature_vis", {}).get("steps", 128)
     assert [l.name for l in spec.layers] == [l["name"] for l in doc["layers"]]
     for got, want in zip(spec.layers, doc["layers"]):
         if want.get("filters") is not None:

@@ -5,6 +5,7 @@ filters, with variants and optionally the plain ascent beside it), and the class
 from dataclasses import asdict
 
 import numpy as np
+import torch
 from pydantic import BaseModel, Field
 from tqdm import tqdm
 
@@ -59,7 +60,28 @@ def optimizer_for(s: FeatureVisSpec, size: tuple[int, int], kind: str, seed: int
     # room left: below 64 px the coarse stages would shrink deep layers to nothing.
     coarse = s.progressive and kind != "logit" and min(size) >= MIN_PROGRESSIVE
     return Optimizer(steps=s.steps, lr=s.lr, seed=seed, batch_size=batch,
-                     sizes=PROGRESSIVE_SIZES if coarse else (1.0,))
+                     sizes=PROGRESSIVE_SIZES if coarse else (1.0,), settle=s.settle,
+                     autocast=autocast_dtype(s.precision, device))
+
+
+def autocast_dtype(precision: str, device: str) -> torch.dtype | None:
+    """`feature_vis.precision` on `device`: bfloat16, or None for float32 (`auto`: bfloat16 only where the
+    device computes it natively; emulated, it is slower than float32)."""
+    if precision == "float32":
+        return None
+    if precision == "bfloat16" or native_bfloat16(device):
+        return torch.bfloat16
+    return None
+
+
+def native_bfloat16(device: str) -> bool:
+    if str(device).startswith("cuda"):
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if str(device) == "cpu":
+        # private helpers of torch.cpu (2.1 and later): absent, assume no native bfloat16
+        return any(getattr(torch.cpu, name, lambda: False)()
+                   for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return False
 
 
 def _cost(ctx, layer_path: str | None, kind: str, images: int) -> Work:
@@ -68,7 +90,7 @@ def _cost(ctx, layer_path: str | None, kind: str, images: int) -> Work:
     opt = _optimizer(ctx, layer_path, kind)
     scale = float(np.sqrt(np.mean(np.square(opt.sizes))))
     return Work(backward=images * opt.steps, batch=max(1, min(images, opt.batch_size)), layer=layer_path,
-                size=tuple(side * scale for side in image_size(ctx)))
+                size=tuple(side * scale for side in image_size(ctx)), autocast=opt.autocast)
 
 
 PROGRESSIVE_SIZES = (0.5, 0.75, 1.0)    # image side by thirds of the steps (`feature_vis.progressive`)

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 import reportgen.analyses.feature_vis as feature_vis
 from reportgen.analyses.featvis import Optimizer
@@ -84,11 +85,32 @@ def test_a_stopped_build_resumes_with_its_finished_batches(tmp_path, monkeypatch
 
 
 def test_coarse_to_fine_only_where_the_images_can_shrink():
-    s = FeatureVisSpec(progressive=True, steps=96, lr=0.1)
+    s = FeatureVisSpec(progressive=True, steps=96, lr=0.1, settle=0.5, precision="float32")
     opt = feature_vis.optimizer_for(s, (128, 96), "channel", seed=2)
-    assert opt == Optimizer(steps=96, lr=0.1, seed=2, batch_size=64, sizes=feature_vis.PROGRESSIVE_SIZES)
+    assert opt == Optimizer(steps=96, lr=0.1, seed=2, batch_size=64, sizes=feature_vis.PROGRESSIVE_SIZES,
+                            settle=0.5, autocast=None)
     assert feature_vis.optimizer_for(s, (128, 96), "channel", seed=2, device="cuda").batch_size == 256
     assert feature_vis.optimizer_for(s, (28, 28), "channel", seed=2).sizes == (1.0,)     # too small to shrink
     assert feature_vis.optimizer_for(s, (128, 128), "logit", seed=2).sizes == (1.0,)     # the model's fixed input
     assert feature_vis.optimizer_for(s.model_copy(update={"progressive": False}), (128, 128), "channel",
                                      seed=2).sizes == (1.0,)
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux reports them (empty elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").exists(), reason="reads the CPU's flags from Linux's /proc/cpuinfo")
+def test_auto_precision_is_bfloat16_exactly_where_the_cpu_has_it():
+    native = bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    assert feature_vis.native_bfloat16("cpu") == native
+    assert feature_vis.autocast_dtype("auto", "cpu") == (torch.bfloat16 if native else None)
+    assert feature_vis.autocast_dtype("float32", "cpu") is None
+    assert feature_vis.autocast_dtype("bfloat16", "cpu") == torch.bfloat16
+    spec = FeatureVisSpec(precision="float32")
+    assert feature_vis.optimizer_for(spec, (32, 32), "channel", seed=0).autocast is None

@@ -263,18 +263,18 @@ def test_argument_errors_name_the_argument():
 
 
 # Pixel sums and objectives of images made by `synthesize` before its settings became dataclasses (commit
-# 6794570, 1 thread, 24 px, 12 steps): the same settings must give the same images. The new code gave
+# 6794570, 1 thread, 24 px, 12 steps, every step warped: settle=0): the same settings must give the same images. The new code gave
 # bit-identical arrays on the machine that pinned them; the tolerances only absorb another CPU's rounding.
 PINNED = [
-    ((3, "conv2", [0, 3, 3], "channel", 1, 0.0), dict(), RandomAffine(), Optimizer(steps=12),
+    ((3, "conv2", [0, 3, 3], "channel", 1, 0.0), dict(), RandomAffine(), Optimizer(settle=0, steps=12),
      [238408, 242801, 242801], [0.09069780260324478, 0.35668155550956726, 0.35668155550956726]),
-    ((3, "relu2", [1, 2], "channel", 1, 0.0), dict(fourier=False), None, Optimizer(steps=12, lr=0.1),
+    ((3, "relu2", [1, 2], "channel", 1, 0.0), dict(fourier=False), None, Optimizer(settle=0, steps=12, lr=0.1),
      [219856, 221958], [0.5225787162780762, 0.8369852304458618]),
-    ((1, "conv2", [5, 0], "neuron", 1, 0.0), dict(), RandomAffine(), Optimizer(steps=12, seed=4, batch_size=1),
+    ((1, "conv2", [5, 0], "neuron", 1, 0.0), dict(), RandomAffine(), Optimizer(settle=0, steps=12, seed=4, batch_size=1),
      [78733, 78268], [1.2464442253112793, 0.16864687204360962]),
-    ((3, None, [2], "logit", 1, 0.0), dict(), RandomAffine(), Optimizer(steps=12), [220046], [0.1764930933713913]),
+    ((3, None, [2], "logit", 1, 0.0), dict(), RandomAffine(), Optimizer(settle=0, steps=12), [220046], [0.1764930933713913]),
     ((3, "relu2", [1], "channel", 3, 0.5), dict(), RandomAffine(translate=0.1, scale=(0.8, 1.2), degrees=20.0),
-     Optimizer(steps=12), [226169, 222724, 223291], [0.06196107342839241, 0.06607896089553833, 0.0739705041050911]),
+     Optimizer(settle=0, steps=12), [226169, 222724, 223291], [0.06196107342839241, 0.06607896089553833, 0.0739705041050911]),
 ]
 
 
@@ -478,3 +478,51 @@ def test_coarse_to_fine_synthesis_rises_and_reproduces(layer, objective):
     np.testing.assert_allclose(result.activation, direct, rtol=1e-4, atol=1e-5)
     again = run(model, layer, units, objective=objective, sizes=(0.5, 0.75, 1.0))
     assert result.images.tobytes() == again.images.tobytes()
+
+
+class CountingWarp(RandomAffine):
+    """The default warp, counting the steps it warped."""
+
+    def __init__(self):
+        super().__init__()
+        object.__setattr__(self, "calls", 0)
+
+    def __call__(self, images, generators):
+        object.__setattr__(self, "calls", self.calls + 1)
+        return super().__call__(images, generators)
+
+
+@pytest.mark.parametrize("steps,settle,warped", [(40, 0.25, 30), (40, 0.0, 40), (7, 0.5, 3), (12, 1.0, 0)])
+def test_the_settling_steps_optimize_the_unwarped_image(steps, settle, warped):
+    warp = CountingWarp()
+    synthesize(conv_net(3), Objective("conv2", [0, 1]), pixels(3), warp, Optimizer(steps=steps, settle=settle))
+    assert warp.calls == warped
+
+
+def test_settling_differs_from_warping_every_step():
+    model, objective = conv_net(3), Objective("conv2", [0, 1, 2])
+    settled, warped = (synthesize(model, objective, pixels(3), RandomAffine(), Optimizer(steps=STEPS, settle=s))
+                       for s in (0.25, 0.0))
+    # the same warped steps first: the curves agree until the settling begins, then part
+    np.testing.assert_array_equal(settled.curve[:, :30], warped.curve[:, :30])
+    assert not np.array_equal(settled.curve[:, 30:], warped.curve[:, 30:])
+
+
+def test_bfloat16_steps_and_a_float32_final_measure():
+    model = conv_net(3)
+    dtypes = []
+    handle = model.conv2.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+    try:
+        result = synthesize(model, Objective("conv2", [0, 3]), pixels(3), RandomAffine(),
+                            Optimizer(steps=6, autocast=torch.bfloat16))
+    finally:
+        handle.remove()
+    assert dtypes == [torch.bfloat16] * 6 + [torch.float32]        # the steps, then the final measure
+    assert result.activation.dtype == np.float32 and result.curve.dtype == np.float32
+    direct = direct_objective(model, "conv2", "channel", result.images, [0, 3], 3)
+    np.testing.assert_allclose(result.activation, direct, rtol=1e-5, atol=1e-6)
+
+
+def test_settle_must_be_a_share_of_the_steps():
+    with pytest.raises(SpecError, match="settle"):
+        Optimizer(settle=1.5)
