@@ -6,9 +6,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-SCHEMA_VERSION = 4   # 1: the first release (page context minus a blacklist); 2: data only, analyses by name;
+SCHEMA_VERSION = 5   # 1: the first release (page context minus a blacklist); 2: data only, analyses by name;
                      # 3: input sizes as [height, width]; 4: `accuracy` is the accuracy analysis' part,
-                     # model and dataset `class_ids`, model `resize_size` and `interpolation`
+                     # model and dataset `class_ids`, model `resize_size` and `interpolation`;
+                     # 5: a filter's `circuits` is the sum of `terms[]`, each conv term's channels in `conv`
 
 
 class _Strict(BaseModel):

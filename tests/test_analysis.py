@@ -199,8 +199,8 @@ def test_strict_turns_notes_into_one_error_before_the_pass(tmp_path):
     assert run.returncode == 2
     errors = [l for l in run.stderr.splitlines() if l.startswith("error:")]
     assert errors == ["error: --strict: 2 part(s) of the report cannot be made: circuits on fc: no circuit: layer 'fc' "
-                      "is not the output of a Conv2d: it comes from Linear 'fc'; guided_backprop on fc: guided backprop "
-                      "needs a spatial layer"], run.stderr
+                      "is not the output of a conv, a sum or a concatenation: it comes from Linear 'fc'; "
+                      "guided_backprop on fc: guided backprop needs a spatial layer"], run.stderr
     assert "dataset pass" not in run.stderr and not (tmp_path / "site").exists()
     run = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).parent.parent)
     assert run.returncode == 0, run.stderr

@@ -151,7 +151,7 @@ def test_circuit_ranking_matches_the_weights(site):
         k = w[f["index"]]
         l2 = np.sqrt((k ** 2).sum((1, 2)))
         order = [int(c) for c in np.argsort(-l2, kind="stable") if l2[c] >= 1e-5][:10]
-        got = f["circuits"]["channels"]
+        got = f["circuits"]["terms"][0]["conv"]["channels"]
         assert [c["channel"] for c in got] == order
         for c in got:
             kern = k[c["channel"]]
@@ -175,8 +175,8 @@ def test_circuit_sources_name_the_report_layer(site):
     _, report = site
     assert (report["layers"][0]["name"], report["layers"][0]["path"]) == ("block1_conv2", "features.r2")
     for f in report["layers"][1]["filters"]:
-        assert [(c["channel"], c["sources"][0]["layer"]) for c in f["circuits"]["channels"]] == [
-            (c["channel"], "block1_conv2") for c in f["circuits"]["channels"]]
+        assert [(c["channel"], c["sources"][0]["layer"]) for c in f["circuits"]["terms"][0]["conv"]["channels"]] == [
+            (c["channel"], "block1_conv2") for c in f["circuits"]["terms"][0]["conv"]["channels"]]
 
 
 def test_feature_vis_variants_and_plain_on_the_filter_page(tmp_path):

@@ -56,9 +56,9 @@ def test_vgg19_lab_config_offline(tmp_path, monkeypatch):
     # the lab's circuit: 128 input channels ranked by L2 of their 3×3 kernels, read from the weights directly
     w = torch.load(path, weights_only=True)["features.10.weight"][31]        # (128, 3, 3)
     l2 = w.flatten(1).norm(dim=1).numpy()
-    assert [c["channel"] for c in f31["circuits"]["channels"]] == np.argsort(-l2, kind="stable")[:10].tolist()
+    assert [c["channel"] for c in f31["circuits"]["terms"][0]["conv"]["channels"]] == np.argsort(-l2, kind="stable")[:10].tolist()
     # block3_conv1 reads block2_pool = block2_conv2's channels; expand gave those channels pages
-    src = f31["circuits"]["channels"][0]["sources"][0]
+    src = f31["circuits"]["terms"][0]["conv"]["channels"][0]["sources"][0]
     assert src["layer"] == "block2_conv2" and src["page"] and (out / src["page"]).is_file()
     assert f31["feature_vis"]["size"] == [64, 64] and (out / f31["feature_vis"]["image"]).is_file()
     assert {a["method"] for a in report["attribution"]["records"]} == {"occlusion", "saliency", "gradcam", "guided_backprop",

@@ -17,6 +17,8 @@ def fmt(value, digits: int = 4) -> str:
 
 
 def pct(value) -> str:
+    if value is None:
+        return "–"
     return fmt(100 * float(value), 3) + "%"
 
 
