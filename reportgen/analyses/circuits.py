@@ -104,7 +104,7 @@ class Term(BaseModel):
     share: float | None          # Σ term ÷ Σ pre-activation over the unit's top images (the shares and the
                                  # bias's add up to 1)
     mean: float | None           # mean value at the top images' positions, scale included
-    source: Source | None        # the producing unit's page, image and patches, when the report shows it
+    source: Source               # the unit it reads: its page, image and patches when the report shows it
     conv: ConvCircuit | None     # conv terms: their input channels
     through: Hop | None          # depthwise conv terms: the unit making their one input channel
 
@@ -341,10 +341,8 @@ def _hop(model, gm, term, top_n: int, convs: dict) -> tuple[dict | None, np.ndar
     return record, tiles
 
 
-def _term_source(term, paths: dict) -> dict | None:
-    """Layer and input terms link to the producing unit (conv terms show their input channels instead)."""
-    if term.kind == "conv":
-        return None
+def _term_source(term, paths: dict) -> dict:
+    """The unit a term reads, to link to its page when the report shows it (a skip from another block)."""
     return {"kind": term.kind, "producer": None, "channel": term.channel,
             "layer": term.module, "path": paths.get(term.node, [])}
 
