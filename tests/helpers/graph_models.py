@@ -218,3 +218,60 @@ class ChannelsLast(nn.Module):
     def forward(self, x):
         x = self.fc(self.norm(self.conv(x).permute(0, 2, 3, 1)))
         return self.out(x.permute(0, 3, 1, 2))
+
+
+class ConvBnConv(nn.Sequential):
+    """conv3x3 (3 -> 4) -> BN -> conv3x3 (4 -> 5), no activation: layers 0, 1, 2."""
+
+    def __init__(self):
+        super().__init__(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Conv2d(4, 5, 3, padding=1))
+
+
+class IdentityResidual(nn.Module):
+    """y = bn(conv(x)) + x on 4 channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return self.bn(self.conv(x)) + x
+
+
+class ProjectionResidual(nn.Module):
+    """y = bn2(conv2(x)) + bn_d(down(x)): a 3x3 branch and a 1x1 projection skip, 4 -> 6 channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv2, self.bn2 = nn.Conv2d(4, 6, 3, padding=1), nn.BatchNorm2d(6)
+        self.down, self.bn_d = nn.Conv2d(4, 6, 1), nn.BatchNorm2d(6)
+
+    def forward(self, x):
+        return self.bn2(self.conv2(x)) + self.bn_d(self.down(x))
+
+
+class ConcatPointwise(nn.Module):
+    """mix(cat(left(x), right(x))): left a 3x3 conv (4 -> 2), right a 3x3 conv + BN (4 -> 3), mix 1x1 (5 -> 6)."""
+
+    def __init__(self):
+        super().__init__()
+        self.left = nn.Conv2d(4, 2, 3, padding=1)
+        self.right = nn.Sequential(nn.Conv2d(4, 3, 3, padding=1), nn.BatchNorm2d(3))
+        self.mix = nn.Conv2d(5, 6, 1)
+
+    def forward(self, x):
+        return self.mix(torch.cat([self.left(x), self.right(x)], 1))
+
+
+class PointwiseDepthwise(nn.Sequential):
+    """MobileNet's pattern: 0 pointwise 1x1 (4 -> 6), 1 BN, 2 `act` (Identity: none), 3 depthwise 3x3 (6 groups)."""
+
+    def __init__(self, act: type[nn.Module] = nn.Identity):
+        super().__init__(nn.Conv2d(4, 6, 1), nn.BatchNorm2d(6), act(), nn.Conv2d(6, 6, 3, padding=1, groups=6))
+
+
+class BnGroupedConv(nn.Sequential):
+    """0 BN on the 4 input channels, 1 a 3x3 conv 4 -> 6 in 2 groups (filters 0-2 read channels 0-1)."""
+
+    def __init__(self):
+        super().__init__(nn.BatchNorm2d(4), nn.Conv2d(4, 6, 3, padding=1, groups=2))
