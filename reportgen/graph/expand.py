@@ -103,10 +103,11 @@ def expanded_weights(model: nn.Module, layer: str, channel: int, input_size: tup
         _propagate_shapes(gm, model, tuple(image.shape))
         computed = _computed(gm)
         target, activation = _pre_activation(gm, layer_node(gm, layer))
+        names = _names(gm)
         index = _unit_index(target, layer, channel)
         if from_layer is None:
             region = _linear_region(gm, target, computed, through)
-            sources = _sources(gm, region, computed)
+            sources = _sources(gm, region, computed, names)
         else:
             source = next(n for n in gm.graph.nodes if n.op == "placeholder") if from_layer == "input" \
                 else layer_node(gm, from_layer)
@@ -119,7 +120,6 @@ def expanded_weights(model: nn.Module, layer: str, channel: int, input_size: tup
         crossed = {node for node in region if through == "activations" and _crossable(gm, node)}
         gradients = _gradients(gm, image, target, index, sources, crossed)
         geometry = _Geometry(gm)
-        names = _names(gm)
         expansions = []
         for source, gradient in zip(sources, gradients):
             kernel, offset = _crop(_channels_first(gm, geometry, source, gradient))
@@ -204,11 +204,11 @@ def _linear_region(gm: fx.GraphModule, target: fx.Node, computed: set[fx.Node], 
     return region
 
 
-def _sources(gm: fx.GraphModule, region: set[fx.Node], computed: set[fx.Node]) -> list[fx.Node]:
+def _sources(gm: fx.GraphModule, region: set[fx.Node], computed: set[fx.Node],
+             recorded: dict[fx.Node, list[str]]) -> list[fx.Node]:
     """The computed values the region reads from outside it, each moved forward over pure data moves to a
     recorded layer's output when that is where they lead (see `expanded_weights`)."""
     frontier = {arg for node in region for arg in node.all_input_nodes if arg in computed and arg not in region}
-    recorded = _names(gm)
     sources = set()
     for node in frontier:
         moved = node
