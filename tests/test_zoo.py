@@ -1,6 +1,7 @@
 """The model zoo: each torchvision family (random weights, small input) builds with the default sections on an
-inner layer chosen by module path; every filter gets patches inside the image and guided backprop; nothing is
-absent but the circuit of a block output that no single conv produces (a residual sum, a concatenation).
+inner layer chosen by module path; every filter gets patches inside the image, guided backprop and a circuit
+(a block output's: the terms of its sum, its concatenation's branch, a channel shuffle followed back) whose terms
+recompute the unit's value; nothing is absent.
 
 `REPORTGEN_ZOO_TABLE=FILE` appends one JSON line per model (seconds, what is absent) for the README's table.
 """
@@ -12,9 +13,7 @@ import pytest
 
 from tests.helpers.zoo import ZOO, build_zoo_model
 
-BLOCK_OUTPUTS = {"resnet18", "resnet50", "densenet121", "mobilenet_v2", "efficientnet_b0", "googlenet",
-                 "inception_v3", "shufflenet_v2_x0_5", "squeezenet1_0", "regnet_x_400mf", "convnext_tiny",
-                 "mnasnet0_5", "mobilenet_v3_small", "factory:tests.helpers.cifar_resnet:resnet20"}
+NO_CIRCUIT: set[str] = set()
 
 
 @pytest.mark.slow
@@ -25,8 +24,10 @@ def test_zoo_model_builds_with_every_section(tmp_path, name, layer, size):
     (entry,) = report["layers"]
     if os.environ.get("REPORTGEN_ZOO_TABLE"):
         with open(os.environ["REPORTGEN_ZOO_TABLE"], "a") as f:
+            circuits = [f["circuits"] for f in entry["filters"] if f["circuits"]]
             f.write(json.dumps({"model": name, "layer": layer, "seconds": round(seconds, 1), "absent": absent,
-                                "layer_absent": entry["absent"]}) + "\n")
+                                "layer_absent": entry["absent"], "circuits": sorted({c["kind"] for c in circuits}),
+                                "terms": max((len(c["terms"]) for c in circuits), default=0)}) + "\n")
     # SqueezeNet classifies with a conv and a pool: no Linear layer whose input features the overview could show
     expected = {"overview_explorer": "the model has no final Linear layer whose input features to show"} \
         if name == "squeezenet1_0" else {}
@@ -34,7 +35,7 @@ def test_zoo_model_builds_with_every_section(tmp_path, name, layer, size):
     if outputs != classes:   # an ImageNet or CIFAR head over the zoo's few folders: no accuracy, said why
         expected["accuracy"] = f"the model's {outputs} outputs are not the dataset's {classes} classes: no accuracy to state"
     assert absent == expected, absent
-    allowed = {"circuits"} if name in BLOCK_OUTPUTS else set()
+    allowed = {"circuits"} if name in NO_CIRCUIT else set()
     assert set(entry["absent"]) <= allowed, entry["absent"]
     h, w = (size, size)
     for f in entry["filters"]:
@@ -44,5 +45,8 @@ def test_zoo_model_builds_with_every_section(tmp_path, name, layer, size):
             assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h, p["box"]
             assert (tmp_path / "site" / p["patch"]).is_file()
         assert f["guided_backprop"] and f["feature_vis"]["image"]
+        if name not in NO_CIRCUIT:     # the terms, through the activation, give the unit's value
+            c = f["circuits"]
+            assert c["terms"] and c["check"] is not None and c["check"] <= 1e-3 * max(1.0, f["top_images"][0]["score"])
     assert report["attribution"]["records"] and report["class_models"]
     assert not any(l.startswith("warning") for l in lines), lines

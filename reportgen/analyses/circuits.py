@@ -12,7 +12,8 @@ from torch import nn
 from ..analysis import Analysis
 from ..errors import ModelError
 from ..graph import effective_weights, find_conv, layer_node, trace, trace_source
-from ..graph.terms import Measured, activation_of, capture, conv_input_node, decompose, measure, module_paths
+from ..graph.terms import (Measured, activation_of, capture, conv_input_node, decompose, measure, module_paths,
+                           shaped_trace)
 from ..layers import Layer, keras_aliases, slugify
 from ..render import images as im
 from ..report import rounded
@@ -130,15 +131,20 @@ class Circuits(Analysis):
     FilterResult = Circuit
 
     def prepare(self, ctx):
-        if ctx.spec.circuit.expand:
-            ctx.layers = expand_layers(ctx.model.module, ctx.layers, ctx.spec.circuit.top_n,
-                                       {i.path: i.output_shape for i in ctx.layer_infos})
+        if not ctx.spec.circuit.expand:
+            return
+        try:
+            gm = _graph(ctx)
+        except ModelError:          # untraceable: no circuits to expand (applies() says why on each layer)
+            return
+        ctx.layers = expand_layers(ctx.model.module, gm, ctx.layers, ctx.spec.circuit.top_n,
+                                   {i.path: i.output_shape for i in ctx.layer_infos})
 
     def applies(self, ctx, layer=None):
         if layer is None:
             return None
         try:
-            decompose(ctx.model.module, layer.path, layer.filters[0] if layer.filters else 0)
+            decompose(ctx.model.module, layer.path, layer.filters[0] if layer.filters else 0, _graph(ctx))
         except ModelError as exc:
             return f"no circuit: {exc}"
         return None
@@ -149,7 +155,7 @@ class Circuits(Analysis):
 
     def compute(self, ctx, layer):
         model = ctx.model.module
-        gm = trace(model)
+        gm = _graph(ctx)
         top_n = ctx.spec.circuit.top_n
         e = ctx.evidence.layers[layer.path]
         width = layer.output_shape[2]
@@ -207,6 +213,11 @@ class Circuits(Analysis):
                             f"layers/{slug}/img/f{f}_t{t}_hop_kernels.png")}
                     terms.append(term)
                 out.filter(path, f, rec | {"terms": terms})
+
+
+def _graph(ctx):
+    """The traced model with its nodes' shapes at the model's input size (cached per model)."""
+    return shaped_trace(ctx.model.module, (1, ctx.model.channels, *ctx.model.input_size))
 
 
 def _report_conv(out, conv: dict, tiles: np.ndarray, image: str) -> dict:
@@ -384,13 +395,10 @@ def _link(out, s: dict) -> dict:
     return s
 
 
-def expand_layers(model: nn.Module, layers: list[Layer], top_n: int, shapes: dict) -> list[Layer]:
-    """`circuit.expand`: add the layers (and channels) that feed each spec filter's top-N input channels."""
+def expand_layers(model: nn.Module, gm, layers: list[Layer], top_n: int, shapes: dict) -> list[Layer]:
+    """`circuit.expand`: add the layers (and channels) that feed each spec filter's top-N input channels.
+    `gm`: the traced model (`shaped_trace`)."""
     extra: dict[str, set] = {}
-    try:
-        gm = trace(model)
-    except ModelError:
-        return layers
     convs: dict = {}
     for layer in layers:
         for f in layer.filters:

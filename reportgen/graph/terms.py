@@ -25,7 +25,9 @@ each term's share of the pre-activation reported.
 
 from __future__ import annotations
 
+import copy
 import operator
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -33,6 +35,7 @@ import numpy as np
 import torch
 import torch.fx as fx
 import torch.nn as nn
+from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from reportgen.errors import ModelError
 
@@ -133,6 +136,10 @@ def decompose(model: nn.Module, layer: str, channel: int, gm: fx.GraphModule | N
             i, offset, counts = _cat_branch(gm, node, ch)
             selected.append(f"branch {i + 1} of {len(counts)} ({_name(names, inputs[i])}), channel {ch - offset}")
             node, ch = inputs[i], ch - offset
+        elif (moved := _moved_channel(gm, node, ch)) is not None:
+            start, source_ch, ops = moved
+            selected.append(f"channel {source_ch} of {_name(names, start)}, moved by {ops}")
+            node, ch = start, source_ch
         else:
             break
     start = node
@@ -218,6 +225,9 @@ class _Walk:
         elif _is_channel_cat(gm, node):
             i, offset, counts = _cat_branch(gm, node, ch)
             self.visit(inputs[i], ch - offset, scale, route)
+        elif (moved := _moved_channel(gm, node, ch)) is not None:
+            start, source_ch, ops = moved
+            self.visit(start, source_ch, scale, (f"channel {source_ch} moved to {ch} by {ops}",) + route)
         else:
             self._leaf(node, ch, scale, route, None)
 
@@ -281,6 +291,86 @@ def _through_identities(gm: fx.GraphModule, node: fx.Node) -> fx.Node:
         if op is None or op.kind not in ("identity", "dropout") or len(inputs) != 1:
             return node
         node = inputs[0]
+
+
+def shaped_trace(model: nn.Module, input_shape: Sequence[int]) -> fx.GraphModule:
+    """The traced model with every node's output shape (`node.meta["tensor_meta"]`, from one forward of zeros of
+    `input_shape`), which `decompose` needs to follow channels through reshapes (a channel shuffle); cached."""
+    key = tuple(input_shape)
+    cached = _SHAPED.get(model)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    gm = trace(model)
+    if gm is model:                       # a GraphModule given: annotate a copy, not the caller's graph
+        gm = fx.GraphModule(gm, copy.deepcopy(gm.graph))
+    else:
+        gm = fx.GraphModule(gm, gm.graph)
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            param = next(model.parameters(), None)
+            ShapeProp(gm).propagate(torch.zeros(key, device=param.device if param is not None else "cpu"))
+    except Exception:                     # a model that only runs on real data: no shapes, no reshapes followed
+        gm = trace(model)
+    finally:
+        model.train(training)
+    _SHAPED[model] = (key, gm)
+    return gm
+
+
+_SHAPED: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _is_tensor(node: fx.Node) -> bool:
+    meta = node.meta.get("tensor_meta")
+    return isinstance(meta, TensorMetadata) or (isinstance(meta, (tuple, list)) and bool(meta)
+                                                 and all(isinstance(m, TensorMetadata) for m in meta))
+
+
+def _moved_channel(gm: fx.GraphModule, node: fx.Node, ch: int) -> tuple[fx.Node, int, str] | None:
+    """(start, channel, ops) when `node` is made from `start` by pure data moves (views, transposes, chunks,
+    getitem, contiguous) that keep each position and move channel `channel` of `start` to `ch` (a channel
+    shuffle, a channel split); None otherwise or without shapes (`shaped_trace`). Found by running the moves
+    on a tensor that numbers its elements."""
+    chain, start = [], node
+    while True:
+        op = node_op(gm, start)
+        if op is None or op.kind not in ("move", "identity"):
+            break
+        tensors = [a for a in start.all_input_nodes if _is_tensor(a)]
+        if len(tensors) != 1:
+            return None
+        chain.append(start)
+        start = tensors[0]
+    meta = start.meta.get("tensor_meta")
+    out_meta = node.meta.get("tensor_meta")
+    if not chain or not isinstance(meta, TensorMetadata) or not isinstance(out_meta, TensorMetadata) \
+            or len(meta.shape) != 4 or len(out_meta.shape) != 4 or tuple(meta.shape[2:]) != tuple(out_meta.shape[2:]):
+        return None
+    _, c, h, w = meta.shape
+    numbered = torch.arange(c * h * w, dtype=torch.float64).reshape(1, c, h, w).expand(meta.shape[0], c, h, w)
+    interpreter = fx.Interpreter(gm)
+    interpreter.env[start] = numbered
+    needed = _ancestors(node) | {node}
+    try:
+        for n in gm.graph.nodes:          # graph order: every input of a node is computed before it
+            if n in needed and n is not start and start in _ancestors(n):
+                if any(a not in interpreter.env for a in n.all_input_nodes):
+                    return None           # it reads a tensor other than `start`
+                interpreter.env[n] = interpreter.run_node(n)
+    except Exception:
+        return None
+    out = interpreter.env[node]
+    if not isinstance(out, torch.Tensor) or out.shape[1] <= ch:
+        return None
+    ids = out[0, ch].long()
+    positions = torch.arange(h * w).reshape(h, w)
+    source = ids // (h * w)
+    if not bool(((ids % (h * w)) == positions).all()) or not bool((source == source[0, 0]).all()):
+        return None                       # positions moved or channels mixed: not one channel's copy
+    ops = ", ".join(dict.fromkeys(describe(gm, n).lstrip(".").rstrip("()") for n in reversed(chain)))
+    return start, int(source[0, 0]), ops
 
 
 def _is_channel_cat(gm: fx.GraphModule, node: fx.Node) -> bool:
@@ -361,7 +451,12 @@ def _module_names(gm: fx.GraphModule) -> dict[fx.Node, str]:
 
 
 def _name(names: dict[fx.Node, str], node: fx.Node) -> str:
-    return names.get(node, node.name)
+    """A node as a reader finds it: its module's path, or the op and the module it is called in ("cat in stage2.3")."""
+    if node in names:
+        return names[node]
+    op = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", node.name)
+    stack = list((node.meta.get("nn_module_stack") or {}).values())
+    return f"{op} in {stack[-1][0]}" if stack else op
 
 
 def _activation_name(gm: fx.GraphModule, node: fx.Node) -> str:
