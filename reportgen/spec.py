@@ -196,6 +196,15 @@ class CircuitSpec(_Section):
     enabled: bool = True
     top_n: int = Field(10, ge=1, le=512)
     expand: bool = False
+    expand_through: Literal["off", "linear", "activations"] = Field("off", description=(
+        "expanded weights (Olah et al., 'Visualizing Weights'): each filter's effective kernel on an earlier "
+        "layer's channels, every op between multiplied out. linear: exact, through convs, BatchNorms, sums, "
+        "concatenations, average pooling and moves, stopping (and saying where) at a non-linearity; "
+        "activations: also crosses activations as the identity and max pooling as average pooling (an "
+        "approximation, stated on the page); off: none (each filter costs a trace of the model)"))
+    expand_from: str | None = Field(None, description=(
+        "the earlier layer (module path, Keras-style alias or 'input') the expanded weights read; none: the "
+        "nearest layers where the expansion stops on every path"))
 
 
 class EmbeddingSpec(_Section):

@@ -12,6 +12,7 @@ from torch import nn
 from ..analysis import Analysis
 from ..errors import ModelError
 from ..graph import effective_weights, find_conv, layer_node, trace, trace_source
+from ..graph.expand import ExpansionStop, expanded_weights
 from ..graph.terms import (Measured, activation_of, capture, conv_input_node, decompose, measure, module_paths,
                            shaped_trace)
 from ..layers import Layer, keras_aliases, slugify
@@ -110,6 +111,30 @@ class Term(BaseModel):
     through: Hop | None          # depthwise conv terms: the unit making their one input channel
 
 
+class ExpandedChannel(BaseModel):
+    rank: int
+    channel: int
+    l2: float | None
+    sum: float | None
+    n_pos: int
+    n_neg: int
+    kind_count: str
+    kind_sum: str
+    kernel: list[list[float]]    # (kh, kw) expanded weights on this source channel
+    source: Source
+
+
+class Expanded(BaseModel):
+    """The filter's expanded weights on one earlier layer (`circuit.expand_through`)."""
+    source: str                  # the module whose output the kernel reads ("input": the image)
+    kernel_size: list[int]       # [kh, kw] of the expanded kernel (cropped to where it is not zero)
+    offset: list[int]            # [y, x] of the kernel's top-left in the source's output, for the centre unit
+    crossed: list[str]           # non-linear ops crossed as linear ones (approximation); empty: exact
+    activation: str | None       # the layer's activation: the kernel is its input's (the pre-activation's)
+    peak: float | None
+    channels: list[ExpandedChannel]
+
+
 class Circuit(BaseModel):
     kind: str                    # "conv" (one conv term), "sum" (a residual), "layer" (a layer's output as is)
     label: str                   # the whole route: "layer2.0.conv2 → bn2 (folded) + skip from layer1 → relu"
@@ -119,6 +144,8 @@ class Circuit(BaseModel):
     bias_share: float | None
     check: float | None          # max |activation(Σ terms + bias) − the unit's value| over its top images
     terms: list[Term]
+    expanded: list[Expanded] | None   # circuit.expand_through: the effective kernels on earlier layers
+    expansion_stop: str | None   # why there are none: where the expansion stopped
 
 
 class Circuits(Analysis):
@@ -185,11 +212,12 @@ class Circuits(Analysis):
                     if hop_tiles is not None:
                         out[f"hop_tiles_{f}_{t}"] = hop_tiles
                 terms.append(rec)
+            expanded, stop = _expanded(ctx, layer.path, f)
             filters.append({"index": f, "kind": d.kind, "label": d.label, "activation": d.activation,
                             "selected": list(d.selected), "bias": rounded(d.bias, 6),
                             "bias_share": _finite(bias_share),
                             "check": _finite(float(np.abs(act - measured.unit).max())) if len(act) else None,
-                            "terms": terms})
+                            "terms": terms, "expanded": expanded, "expansion_stop": stop})
         out["meta"] = {"filters": filters}
         return out
 
@@ -212,7 +240,42 @@ class Circuits(Analysis):
                             out, term["through"]["conv"], art[f"hop_tiles_{f}_{t}"],
                             f"layers/{slug}/img/f{f}_t{t}_hop_kernels.png")}
                     terms.append(term)
-                out.filter(path, f, rec | {"terms": terms})
+                expanded = [e | {"channels": [dict(ch, source=_link(out, dict(ch["source"]))) for ch in e["channels"]]}
+                            for e in rec["expanded"]] if rec["expanded"] is not None else None
+                out.filter(path, f, rec | {"terms": terms, "expanded": expanded})
+
+
+def _expanded(ctx, layer_path: str, f: int) -> tuple[list[dict] | None, str | None]:
+    """`circuit.expand_through`: the filter's expanded weights on each source, its channels ranked by the L2
+    of their expanded kernels → (records, None), or (None, why the expansion stopped); (None, None) when off."""
+    s = ctx.spec.circuit
+    if s.expand_through == "off":
+        return None, None
+    source = s.expand_from
+    if source and source != "input":
+        source = keras_aliases(ctx.model.module).get(source, (source, ""))[0]
+    try:
+        expansions = expanded_weights(ctx.model.module, layer_path, f, ctx.model.input_size, source, s.expand_through)
+    except ExpansionStop as stop:
+        return None, str(stop)
+    out = []
+    for e in expansions:
+        weight = torch.from_numpy(e.kernel)[None]                         # (1, C_source, kh, kw)
+        stats = kx.rank_input_channels(weight, 0, 1, s.top_n) if e.kernel.size else []
+        channels = []
+        for st in stats:
+            rec = {k: (rounded(v) if isinstance(v, float) else v) for k, v in st.as_record().items()
+                   if k not in ("contribution", "contribution_rank")}
+            rec["kernel"] = [[rounded(v, 9) for v in row] for row in st.kernel.tolist()]
+            rec["source"] = {"kind": "input" if e.source == "input" else "layer", "producer": None,
+                             "channel": st.channel, "layer": e.source if e.source != "input" else None,
+                             "path": list(e.layers)}
+            channels.append(rec)
+        out.append({"source": e.source, "kernel_size": list(e.kernel.shape[1:]), "offset": list(e.offset),
+                    "crossed": list(e.crossed), "activation": e.activation,
+                    "peak": rounded(max((float(np.abs(st.kernel).max()) for st in stats), default=1.0) or 1.0, 4),
+                    "channels": channels})
+    return out, None
 
 
 def _graph(ctx):

@@ -178,3 +178,40 @@ def test_the_filter_page_shows_terms_branches_and_hops(site):
     assert "Through to the unit that makes its one input channel" in page and "dw.pw" in page
     page = (out / layers["grouped"][6]["page"]).read_text()
     assert "group 1 of 2, input channels 8–15" in page
+
+
+def test_expanded_weights_in_the_report(tmp_path):
+    """circuit.expand_through: the identity block's unit read on the stem's output through its whole branch
+    (ReLU crossed as the identity, said so) equals the composition of its kernels, computed here by hand."""
+    spec = SPEC.replace("record: {top_k: 5}", "record: {top_k: 5}\ncircuit: {expand_through: activations, "
+                                              "expand_from: stem, top_n: 8}")
+    spec = spec.replace("  - name: proj\n    filters: [1]\n", "").replace("  - name: cat\n    filters: [1, 8]\n", "")
+    (tmp_path / "spec.yaml").write_text(spec)
+    out = build(load_spec(tmp_path / "spec.yaml"), progress=False, log=lambda *_: None)
+    report = json.loads((out / "report.json").read_text())
+    res = next(l for l in report["layers"] if l["name"] == "res")
+    model = blocks()
+
+    def folded(conv, bn):
+        a = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        return (conv.weight * a[:, None, None, None]).detach().double()
+
+    w1, w2 = folded(model.res.conv1, model.res.bn1), folded(model.res.conv2, model.res.bn2)
+    for f in res["filters"]:
+        (e,) = f["circuits"]["expanded"]
+        assert e["source"] == "stem" and e["crossed"] == ["ReLU 'res.relu'"] and e["activation"] == "ReLU 'res.relu'"
+        # by hand: conv2 ∘ conv1 is a 5×5 kernel (the full convolution of the two 3×3 kernels), plus the skip's
+        # delta at the centre of channel f
+        want = torch.zeros(8, 5, 5, dtype=torch.float64)
+        for m in range(8):                               # conv1's output channel
+            for dy in range(3):
+                for dx in range(3):
+                    want[:, dy:dy + 3, dx:dx + 3] += w2[f["index"], m, dy, dx] * w1[m]
+        want[f["index"], 2, 2] += 1
+        assert e["kernel_size"] == [5, 5]
+        for ch in e["channels"]:
+            np.testing.assert_allclose(ch["kernel"], want[ch["channel"]].numpy(), atol=1e-5)
+        l2 = want.reshape(8, -1).norm(dim=1).numpy()
+        assert [ch["channel"] for ch in e["channels"]] == np.argsort(-l2, kind="stable").tolist()
+    page = (out / res["filters"][0]["page"]).read_text()
+    assert "Expanded weights on <code>stem</code>" in page and "An approximation" in page
