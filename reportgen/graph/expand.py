@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from reportgen.errors import ModelError
 
 from .ops import bind_arguments, node_op, tensor_inputs
-from .receptive import _Geometry, _propagate_shapes, _shape, _Unmapped
+from .receptive import Geometry, propagate_shapes, node_shape, Unmapped
 from .trace import describe, layer_node, module_outputs, trace
 
 THROUGH = ("linear", "activations")
@@ -100,7 +100,7 @@ def expanded_weights(model: nn.Module, layer: str, channel: int, input_size: tup
     with _eval_mode(model):
         gm = trace(model)
         image = _zero_image(gm, model, input_size)
-        _propagate_shapes(gm, model, tuple(image.shape))
+        propagate_shapes(gm, model, tuple(image.shape))
         computed = _computed(gm)
         target, activation = _pre_activation(gm, layer_node(gm, layer))
         names = _names(gm)
@@ -119,7 +119,7 @@ def expanded_weights(model: nn.Module, layer: str, channel: int, input_size: tup
             region, sources = set(between), [source]
         crossed = {node for node in region if through == "activations" and _crossable(gm, node)}
         gradients = _gradients(gm, image, target, index, sources, crossed)
-        geometry = _Geometry(gm)
+        geometry = Geometry(gm)
         expansions = []
         for source, gradient in zip(sources, gradients):
             kernel, offset = _crop(_channels_first(gm, geometry, source, gradient))
@@ -169,7 +169,7 @@ def _pre_activation(gm: fx.GraphModule, node: fx.Node) -> tuple[fx.Node, str | N
 
 
 def _unit_index(target: fx.Node, layer: str, channel: int) -> tuple[int, ...]:
-    shape = _shape(target)
+    shape = node_shape(target)
     if len(shape) not in (2, 4):
         raise ModelError(f"layer {layer!r} has output of shape {shape}, not (1, C, H, W) or (1, C)")
     if not 0 <= channel < shape[1]:
@@ -333,7 +333,7 @@ def _stand_in(gm: fx.GraphModule, node: fx.Node, args: tuple, kwargs: dict) -> t
 def _gradients(gm: fx.GraphModule, image: torch.Tensor, target: fx.Node, index: tuple[int, ...],
                sources: list[fx.Node], crossed: set[fx.Node]) -> list[torch.Tensor]:
     """d target[index] / d source for each source, the sources' values given as zeros (exact for linear paths)."""
-    leaves = [torch.zeros(_shape(source), dtype=image.dtype, device=image.device, requires_grad=True)
+    leaves = [torch.zeros(node_shape(source), dtype=image.dtype, device=image.device, requires_grad=True)
               for source in sources]
     # a clone, so that an in-place op of the model (ReLU(inplace=True)) does not write into the leaf
     env = {source: leaf.clone() for source, leaf in zip(sources, leaves)}
@@ -349,14 +349,14 @@ def _gradients(gm: fx.GraphModule, image: torch.Tensor, target: fx.Node, index: 
     return list(torch.autograd.grad(value[index], leaves, allow_unused=True, materialize_grads=True))
 
 
-def _channels_first(gm: fx.GraphModule, geometry: _Geometry, node: fx.Node, gradient: torch.Tensor) -> np.ndarray:
+def _channels_first(gm: fx.GraphModule, geometry: Geometry, node: fx.Node, gradient: torch.Tensor) -> np.ndarray:
     """(C, H, W) of a (1, ...) gradient, its image axes found where the graph keeps them (permutes move them)."""
     if gradient.dim() != 4:
         raise ModelError(f"{_where(gm, node)} has output of shape {tuple(gradient.shape)}, not (1, C, H, W): "
                          "its expanded weights have no kernel layout")
     try:
         dims = tuple(geometry.maps(node, axis)[0] for axis in (0, 1))
-    except _Unmapped:  # geometry unknown: read it as laid out, as the report does
+    except Unmapped:  # geometry unknown: read it as laid out, as the report does
         dims = (2, 3)
     if not (set(dims) <= {1, 2, 3} and dims[0] != dims[1]):
         dims = (2, 3)

@@ -109,15 +109,15 @@ def receptive_fields(model: nn.Module, layers: list[str], input_size: tuple[int,
         if in_channels is None:
             raise ModelError(f"{type(model).__name__} calls no Conv2d to tell the input's channel count")
     input_size = tuple(input_size)
-    _propagate_shapes(gm, model, (1, in_channels, *input_size))
-    geometry = _Geometry(gm)
+    propagate_shapes(gm, model, (1, in_channels, *input_size))
+    geometry = Geometry(gm)
     fields, unmapped = {}, {}
     for layer, node in targets.items():
         try:
             if method == "gradient":
-                raise _Unmapped("asked for")
+                raise Unmapped("asked for")
             fields[layer] = _analytic_field(geometry, layer, node, input_size)
-        except _Unmapped as reason:
+        except Unmapped as reason:
             unmapped[layer] = (node, str(reason))
     if unmapped:
         try:
@@ -128,7 +128,7 @@ def receptive_fields(model: nn.Module, layers: list[str], input_size: tuple[int,
     return {layer: fields[layer] for layer in layers}
 
 
-class _Unmapped(Exception):
+class Unmapped(Exception):
     """An op on the way from a layer to the input whose geometry is not known: the fallback's turn."""
 
 
@@ -147,7 +147,7 @@ def _flat(value) -> list:
     return [w for v in value for w in _flat(v)] if isinstance(value, (tuple, list)) else [value]
 
 
-def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, shape: tuple[int, ...]) -> None:
+def propagate_shapes(gm: fx.GraphModule, model: nn.Module, shape: tuple[int, ...]) -> None:
     """Store every node's output shape in its meta. Fake tensors give shapes without the arithmetic
     (8x faster on VGG at 224 px); a real zero image is the fallback for ops fake tensors lack."""
     param = next(model.parameters(), torch.zeros(()))
@@ -163,7 +163,7 @@ def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, shape: tuple[int, ..
                              f"({type(error).__name__}: {str(error).splitlines()[0]})") from error
 
 
-def _shape(node: fx.Node) -> tuple[int, ...]:
+def node_shape(node: fx.Node) -> tuple[int, ...]:
     meta = node.meta.get("tensor_meta")
     return tuple(meta.shape) if hasattr(meta, "shape") else ()
 
@@ -192,7 +192,7 @@ class _Map:
 _TUPLE = "tuple"  # a node returning a tuple of tensors (chunk, split): its getitems are probed through it
 
 
-class _Geometry:
+class Geometry:
     """For every node computed from the model input: per axis (y, x) the dim that holds it (None: the tensor
     does not vary along it) and the `_Map`s from its inputs; or why its geometry is unknown.
     `uniform[node]`: every channel of it reads the same input positions (false after concatenation, until a
@@ -208,7 +208,7 @@ class _Geometry:
     def _node(self, node: fx.Node):
         if node is self.input:
             self.uniform[node] = True
-            return [(2, []), (3, [])] if len(_shape(node)) == 4 else "the model input is not (B, C, H, W)"
+            return [(2, []), (3, [])] if len(node_shape(node)) == 4 else "the model input is not (B, C, H, W)"
         if node.op in ("placeholder", "get_attr", "output") or "value" in node.meta:
             return None  # does not depend on the input's values
         data = [arg for arg in node.all_input_nodes if self.axes.get(arg) is not None]
@@ -223,7 +223,7 @@ class _Geometry:
             return _TUPLE if op is not None and op.kind == "move" else f"cannot map {describe(self.gm, node)} back"
         try:
             axes = [self._axis(node, axis) for axis in (0, 1)]
-        except _Unmapped as reason:
+        except Unmapped as reason:
             return f"cannot map {describe(self.gm, node)} back to its input ({reason})"
         except Exception as error:  # arguments this code did not foresee: the fallback still answers exactly
             return f"cannot map {describe(self.gm, node)} back to its input ({type(error).__name__}: {error})"
@@ -235,14 +235,14 @@ class _Geometry:
         return axes
 
     def maps(self, node: fx.Node, axis: int) -> tuple[int | None, list[_Map]]:
-        """(the dim holding `axis` in `node`'s output, the maps from its inputs); _Unmapped if unknown."""
+        """(the dim holding `axis` in `node`'s output, the maps from its inputs); Unmapped if unknown."""
         entry = self.axes.get(node)
         if entry == _TUPLE:
-            raise _Unmapped(f"{describe(self.gm, node)} returns a tuple")
+            raise Unmapped(f"{describe(self.gm, node)} returns a tuple")
         if isinstance(entry, str):
-            raise _Unmapped(entry)
+            raise Unmapped(entry)
         if entry is None:
-            raise _Unmapped(f"{describe(self.gm, node)} does not depend on the model input")
+            raise Unmapped(f"{describe(self.gm, node)} does not depend on the model input")
         return entry[axis]
 
     def value(self, node: fx.Node):
@@ -255,12 +255,12 @@ class _Geometry:
         shapes = _shapes(node)
         if shapes is not None:
             return tuple(torch.empty(s, device="meta") for s in shapes)
-        return torch.empty(_shape(node), device="meta")
+        return torch.empty(node_shape(node), device="meta")
 
     def _axis(self, node: fx.Node, axis: int) -> tuple[int | None, list[_Map]]:
         op = node_op(self.gm, node)
         if op is None:
-            raise _Unmapped("an op without known geometry")
+            raise Unmapped("an op without known geometry")
         if op.kind == "concat":
             return self._concat(node, axis, call_arguments(op, node))
         if op.kind == "move":
@@ -269,11 +269,11 @@ class _Geometry:
             return self._broadcast(node, axis)
         first = node.args[0] if node.args else next(iter(node.kwargs.values()))
         if not isinstance(first, fx.Node) or self.axes.get(first) is None:
-            raise _Unmapped("its first argument is not computed from the input")
+            raise Unmapped("its first argument is not computed from the input")
         if any(arg is not first and self.axes.get(arg) is not None for arg in node.all_input_nodes):
-            raise _Unmapped("its weights are computed from the input")  # a dynamic conv, attention
+            raise Unmapped("its weights are computed from the input")  # a dynamic conv, attention
         dim, _ = self.maps(first, axis)
-        n_in, ndim = (_shape(first)[dim] if dim is not None else 1), len(_shape(first))
+        n_in, ndim = (node_shape(first)[dim] if dim is not None else 1), len(node_shape(first))
         same = [_Map(first, np.eye(n_in, dtype=bool), (1, 0, 0))]
         everything = [_Map(first, np.ones((n_in, n_in), dtype=bool))]  # for ops that keep the axis' size
         if dim is None or op.elementwise or op.kind == "channel_mix":
@@ -287,12 +287,12 @@ class _Geometry:
             if dim in dims:
                 return (dim if keep else None), [_Map(first, np.ones((1, n_in), dtype=bool))]
             return (dim if keep else dim - sum(d < dim for d in dims)), same
-        n_out = _shape(node)[dim]
+        n_out = node_shape(node)[dim]
         if op.pads is not None:
             return dim, [_pad_map(first, op.pads(kw), dim, ndim, n_in, n_out)]
         if op.kind in ("conv", "pool", "adaptive_pool", "resample"):
             if dim != ndim - 2 + axis:
-                raise _Unmapped(f"the image's {'yx'[axis]} axis is not its dim {ndim - 2 + axis}")
+                raise Unmapped(f"the image's {'yx'[axis]} axis is not its dim {ndim - 2 + axis}")
             if op.kind == "adaptive_pool":
                 return dim, [_Map(first, _bins(n_out, n_in))]
             if op.kind == "resample":
@@ -311,26 +311,26 @@ class _Geometry:
         if op.kind == "softmax":
             along = kw.dim if isinstance(kw, nn.Module) else kw.get("dim")
             if along is None:
-                raise _Unmapped("softmax without dim")
+                raise Unmapped("softmax without dim")
             return dim, everything if along % ndim == dim else same
-        raise _Unmapped(f"no geometry for an op of kind {op.kind!r}")
+        raise Unmapped(f"no geometry for an op of kind {op.kind!r}")
 
     def _broadcast(self, node: fx.Node, axis: int) -> tuple[int | None, list[_Map]]:
         """Arithmetic: inputs broadcast against each other, dims aligned from the right."""
-        out_shape = _shape(node)
+        out_shape = node_shape(node)
         data = [arg for arg in node.all_input_nodes if self.axes.get(arg) is not None]
         dims = {}
         for arg in data:
             dim, _ = self.maps(arg, axis)
             if dim is not None:
-                dims[arg] = dim + len(out_shape) - len(_shape(arg))
+                dims[arg] = dim + len(out_shape) - len(node_shape(arg))
         if len(set(dims.values())) > 1:
-            raise _Unmapped(f"it adds the image's {'yx'[axis]} axis to another axis")
+            raise Unmapped(f"it adds the image's {'yx'[axis]} axis to another axis")
         out = next(iter(dims.values()), None)
         n_out = out_shape[out] if out is not None else 1
         maps = []
         for arg in data:
-            n_in = _shape(arg)[self.maps(arg, axis)[0]] if arg in dims else 1
+            n_in = node_shape(arg)[self.maps(arg, axis)[0]] if arg in dims else 1
             if n_in == n_out:
                 maps.append(_Map(arg, np.eye(n_in, dtype=bool), (1, 0, 0)))
             else:  # broadcast: every output position reads its one position
@@ -339,7 +339,7 @@ class _Geometry:
 
     def _concat(self, node: fx.Node, axis: int, kw: dict) -> tuple[int | None, list[_Map]]:
         """Concatenation: inputs side by side along `dim`; along the image axis, each at its offset."""
-        tensors, ndim = list(kw["tensors"]), len(_shape(node))
+        tensors, ndim = list(kw["tensors"]), len(node_shape(node))
         along = kw.get("dim", 0) % ndim
         if any(not isinstance(t, fx.Node) or self.axes.get(t) is None for t in tensors):
             return self._probe(node, axis)  # constants among the inputs
@@ -349,14 +349,14 @@ class _Geometry:
         out = dims.pop()
         maps, offset = [], 0
         for t in tensors:
-            n_in = _shape(t)[out] if out is not None else 1
+            n_in = node_shape(t)[out] if out is not None else 1
             if out == along:
-                matrix = np.zeros((_shape(node)[out], n_in), dtype=bool)
+                matrix = np.zeros((node_shape(node)[out], n_in), dtype=bool)
                 matrix[offset + np.arange(n_in), np.arange(n_in)] = True
                 maps.append(_Map(t, matrix, (1, -offset, -offset)))
             else:
                 maps.append(_Map(t, np.eye(n_in, dtype=bool), (1, 0, 0)))
-            offset += _shape(t)[along]
+            offset += node_shape(t)[along]
         return out, maps
 
     def _probe(self, node: fx.Node, axis: int) -> tuple[int | None, list[_Map]]:
@@ -367,7 +367,7 @@ class _Geometry:
         results = {}
         for source in sources:
             dim, _ = self.maps(source, axis)
-            shape = _shape(source)
+            shape = node_shape(source)
             coords = torch.ones(shape, dtype=torch.float64)
             if dim is not None:
                 coords = coords * torch.arange(1, shape[dim] + 1, dtype=torch.float64).view(
@@ -376,11 +376,11 @@ class _Geometry:
         dims = {_coordinate_dim(out) for source, out in results.items() if self.maps(source, axis)[0] is not None}
         dims.discard(None)
         if len(dims) > 1:
-            raise _Unmapped(f"it spreads the image's {'yx'[axis]} axis over several dims")
+            raise Unmapped(f"it spreads the image's {'yx'[axis]} axis over several dims")
         out = dims.pop() if dims else None
         maps = []
         for source, result in results.items():
-            n_in = _shape(source)[self.maps(source, axis)[0]] if self.maps(source, axis)[0] is not None else 1
+            n_in = node_shape(source)[self.maps(source, axis)[0]] if self.maps(source, axis)[0] is not None else 1
             if out is None:  # the coordinates that came through (one, unless it is an input without the axis)
                 matrix = np.zeros((1, n_in), dtype=bool)
                 matrix[0, result[result != 0].unique().long().numpy() - 1] = True
@@ -410,10 +410,10 @@ class _Geometry:
             if self.axes.get(arg) == _TUPLE:
                 return self._run(arg, given)
             if self.axes.get(arg) is not None:
-                return torch.zeros(_shape(arg), dtype=torch.float64)
+                return torch.zeros(node_shape(arg), dtype=torch.float64)
             if arg.op == "get_attr" or "value" in arg.meta:
                 return self.value(arg)
-            raise _Unmapped(f"it reads {describe(self.gm, arg)}, a tensor known only when the model runs")
+            raise Unmapped(f"it reads {describe(self.gm, arg)}, a tensor known only when the model runs")
         args, kwargs = fx.node.map_arg(node.args, value), fx.node.map_arg(node.kwargs, value)
         with torch.no_grad():
             if node.op == "call_module":
@@ -427,7 +427,7 @@ class _Geometry:
         or when its channels all read the same positions anyway."""
         if self.uniform.get(source, True):
             return None
-        shape = _shape(source)
+        shape = node_shape(source)
         ids = torch.arange(1, int(np.prod(shape)) + 1, dtype=torch.float64).view(shape)
         out = self._run(node, {source: ids})
         read = torch.zeros(int(np.prod(shape)), dtype=torch.bool)
@@ -440,13 +440,13 @@ class _Geometry:
 
 def _coordinate_dim(out: torch.Tensor) -> int | None:
     """The one dim along which the probed coordinates vary, each index along it holding one coordinate;
-    None when a single coordinate (or none) came through. _Unmapped when the coordinates mix with other dims."""
+    None when a single coordinate (or none) came through. Unmapped when the coordinates mix with other dims."""
     values = out[out != 0]
     if len(values) == 0 or bool((values == values[0]).all()):
         return None
     found = [d for d in range(out.dim()) if out.shape[d] > 1 and bool(((out == 0) | (out == _top(out, d))).all())]
     if len(found) != 1:
-        raise _Unmapped("it mixes the image's positions with another dim")
+        raise Unmapped("it mixes the image's positions with another dim")
     return found[0]
 
 
@@ -523,15 +523,15 @@ def _resample_matrix(kw, axis: int, n_in: int, n_out: int) -> np.ndarray:
                         recompute_scale_factor=kw.get("recompute_scale_factor"), antialias=kw.get("antialias", False))
     out = out[0, :, :, 0] if axis == 0 else out[0, :, 0, :]  # (n_in, n_out)
     if out.shape[1] != n_out:
-        raise _Unmapped(f"interpolating {n_in} positions gave {out.shape[1]}, not {n_out}")
+        raise Unmapped(f"interpolating {n_in} positions gave {out.shape[1]}, not {n_out}")
     return (out != 0).T.numpy()
 
 
-def _analytic_field(geometry: _Geometry, layer: str, target: fx.Node, input_size) -> ReceptiveField:
+def _analytic_field(geometry: Geometry, layer: str, target: fx.Node, input_size) -> ReceptiveField:
     """The field of `target`'s units (y, x) = its output's dims 2 and 3, all of dim 1 ("channels") summed.
     An image axis in dim 1 (a channels-last layer, read as (C, H, W) = (H, W, C)) is read whole; one in
     dim 3 (or y in dim 3, x in dim 2) makes the boxes per unit."""
-    shape = _shape(target)
+    shape = node_shape(target)
     if len(shape) != 4:  # no spatial layout left: every unit sees the whole image
         whole = tuple(np.array([[0, n]]) for n in input_size)
         return ReceptiveField(layer, input_size, (1, 1), input_size, input_size, *whole)
@@ -539,7 +539,7 @@ def _analytic_field(geometry: _Geometry, layer: str, target: fx.Node, input_size
     for axis in (0, 1):
         dim, _ = geometry.maps(target, axis)
         if dim == 0:
-            raise _Unmapped(f"the image's {'yx'[axis]} axis is in its batch dim")
+            raise Unmapped(f"the image's {'yx'[axis]} axis is in its batch dim")
         n = shape[dim] if dim is not None else 1
         units = np.eye(n, dtype=bool) if dim in (2, 3) else np.ones((1, n), dtype=bool)  # else: summed
         reads = _walk(geometry, target, axis, units, _read_back,
@@ -570,10 +570,10 @@ def _hulls(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             np.stack([boxes[:, :, 0].min(0), boxes[:, :, 2].max(0)], 1))
 
 
-def _walk(geometry: _Geometry, target: fx.Node, axis: int, start, back, merge):
+def _walk(geometry: Geometry, target: fx.Node, axis: int, start, back, merge):
     """Carry a value from `target` back to the model input along `axis`: `back(map, value)` gives the
     value for the map's source (None: nothing), and a node reached from several consumers gets the `merge`
-    of their values. Returns the value the input gets. Raises _Unmapped at a node of unknown geometry, or
+    of their values. Returns the value the input gets. Raises Unmapped at a node of unknown geometry, or
     where a unit reads only some channels of a tensor whose channels read different positions."""
     need, channels = {target: start}, {}
     for node in list(geometry.gm.graph.nodes)[::-1]:  # topological order reversed: all consumers come first
@@ -583,7 +583,7 @@ def _walk(geometry: _Geometry, target: fx.Node, axis: int, start, back, merge):
             return need[node]
         read = channels.pop(node, None)
         if read is not None and not read.all():
-            raise _Unmapped(f"units read only some channels of {describe(geometry.gm, node)}, whose channels "
+            raise Unmapped(f"units read only some channels of {describe(geometry.gm, node)}, whose channels "
                             "read different parts of the image")
         value = need.pop(node)
         for m in geometry.maps(node, axis)[1]:
@@ -649,7 +649,7 @@ def gradient_fields(gm: fx.GraphModule, layers: dict[str, tuple[fx.Node, str]], 
     """
     requests, plans, fields = {}, {}, {}
     for layer, (node, why) in layers.items():
-        shape = _shape(node)
+        shape = node_shape(node)
         if len(shape) != 4:  # no spatial layout: every unit sees the whole image, as in the analytic case
             whole = tuple(np.array([[0, n]]) for n in input_size)
             fields[layer] = ReceptiveField(layer, input_size, (1, 1), input_size, input_size, *whole)
@@ -662,15 +662,15 @@ def gradient_fields(gm: fx.GraphModule, layers: dict[str, tuple[fx.Node, str]], 
         requests[node], plans[layer] = diag + checks, (node, why, diag, checks)
     image = (in_channels, *input_size)
     found = _unit_boxes(gm, requests, image, budget)
-    explained = {node: _explain(found[node], diag, checks, *_shape(node)[2:]) if diag else None
+    explained = {node: _explain(found[node], diag, checks, *node_shape(node)[2:]) if diag else None
                  for node, _, diag, checks in plans.values()}
-    every = {node: list(np.ndindex(*_shape(node)[2:])) for node, boxes in explained.items()
-             if boxes is None and np.prod(_shape(node)[2:]) <= eager}
+    every = {node: list(np.ndindex(*node_shape(node)[2:])) for node, boxes in explained.items()
+             if boxes is None and np.prod(node_shape(node)[2:]) <= eager}
     if every:  # each unit on its own
-        explained |= {node: boxes.reshape(*_shape(node)[2:], 4)
+        explained |= {node: boxes.reshape(*node_shape(node)[2:], 4)
                       for node, boxes in _unit_boxes(gm, every, image, budget).items()}
     for layer, (node, why, diag, checks) in plans.items():
-        (h, w), boxes = _shape(node)[2:], explained[node]
+        (h, w), boxes = node_shape(node)[2:], explained[node]
         stride = tuple(max(1, round(n / m)) for n, m in zip(input_size, (h, w)))  # clipped spans do not show it
         if boxes is None:  # too many units to do now: each when asked for, then kept
             ask = functools.partial(_one_unit_box, gm, node, image, budget)
@@ -756,7 +756,7 @@ def _unit_boxes_in(runner: _Linearized, requests: dict[fx.Node, list[tuple[int, 
     count = max(len(units) for units in requests.values())
     nodes = list(runner.module.graph.nodes)
     upto = nodes[:max(nodes.index(n) for n in requests) + 1]
-    per_sample = 3 * runner.dtype.itemsize * sum(int(np.prod(_shape(n))) for n in upto)  # values, saved, grads
+    per_sample = 3 * runner.dtype.itemsize * sum(int(np.prod(node_shape(n))) for n in upto)  # values, saved, grads
     chunk = int(max(1, min(count, budget // max(per_sample, 1))))
     out, overflowed = {node: np.zeros((len(units), 4), int) for node, units in requests.items()}, []
     generator = torch.Generator().manual_seed(0)

@@ -35,11 +35,12 @@ import numpy as np
 import torch
 import torch.fx as fx
 import torch.nn as nn
-from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
+from torch.fx.passes.shape_prop import TensorMetadata
 
 from reportgen.errors import ModelError
 
 from .ops import cat_dim, node_op, tensor_inputs
+from .receptive import propagate_shapes
 from .trace import describe, layer_node, module_outputs, trace
 
 
@@ -308,10 +309,8 @@ def shaped_trace(model: nn.Module, input_shape: Sequence[int]) -> fx.GraphModule
     training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            param = next(model.parameters(), None)
-            ShapeProp(gm).propagate(torch.zeros(key, device=param.device if param is not None else "cpu"))
-    except Exception:                     # a model that only runs on real data: no shapes, no reshapes followed
+        propagate_shapes(gm, model, key)
+    except ModelError:                    # a model that only runs on real data: no shapes, no reshapes followed
         gm = trace(model)
     finally:
         model.train(training)

@@ -256,7 +256,7 @@ class Counting:
 
 def _traced(model, layer, size):
     gm = receptive.trace(model)
-    receptive._propagate_shapes(gm, model, (1, 1, *size))
+    receptive.propagate_shapes(gm, model, (1, 1, *size))
     return gm, {layer: (receptive.layer_node(gm, layer), "asked for")}
 
 
