@@ -95,6 +95,8 @@ def timed_build(spec) -> tuple[dict, float, list[str]]:
     t0 = time.perf_counter()
     out = build(spec, progress=False, log=lines.append)
     total = time.perf_counter() - t0
+    if not (out / "timings.json").is_file():     # a baseline from before the phase table: its total only
+        return {}, total, lines
     timings = json.loads((out / "timings.json").read_text())
     return {r["phase"]: r["seconds"] for r in timings["phases"] if r["layer"] is None}, total, lines
 
@@ -172,8 +174,12 @@ def table(results: dict[str, dict]) -> str:
 
 
 def use_checkout(root: Path) -> None:
-    """Import reportgen from `root`. Its templates are the installed package `reportgen.templates` (the editable
-    install's): a baseline whose pages need other templates fails at rendering."""
+    """Import reportgen from `root`, with its own templates: a git worktree has them at templates/, beside the
+    package, so `reportgen/templates` is linked there when missing (the package `reportgen.templates` a wheel
+    installs)."""
+    link = root / "reportgen" / "templates"
+    if root.resolve() != ROOT and not link.exists() and (root / "templates").is_dir():
+        link.symlink_to(Path("..") / "templates")
     sys.path.insert(0, str(root))
 
 

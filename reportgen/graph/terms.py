@@ -163,14 +163,20 @@ def _mark_skips(gm: fx.GraphModule, terms: list[Term]) -> tuple[Term, ...]:
     ancestors = {t.node: _ancestors(nodes[t.node]) for t in terms}
 
     def reads(t: Term) -> fx.Node:
-        if t.kind != "conv":
-            return nodes[t.node]
-        conv = next(n for n in gm.graph.nodes if n.op == "call_module" and n.target == t.conv)
-        return _through_identities(gm, tensor_inputs(conv)[0])
+        if t.kind == "conv":
+            conv = next(n for n in gm.graph.nodes if n.op == "call_module" and n.target == t.conv)
+            return _through_identities(gm, tensor_inputs(conv)[0])
+        node = nodes[t.node]         # a shortcut that only moves values (an option-A slice and pad) reads its input
+        while (op := node_op(gm, node)) is not None and op.kind in _REARRANGING and len(tensor_inputs(node)) >= 1:
+            node = tensor_inputs(node)[0]
+        return node
 
     marked = [Term(**{**t.__dict__, "skip": all(reads(t) in ancestors[o.node] for o in terms if o is not t)})
               for t in terms]
     return tuple(sorted(marked, key=lambda t: t.skip))      # the residual branch first, as one reads a block
+
+
+_REARRANGING = ("move", "pad", "pad_nd", "identity", "dropout")
 
 
 def _ancestors(node: fx.Node) -> set[fx.Node]:

@@ -215,3 +215,52 @@ def test_expanded_weights_in_the_report(tmp_path):
         assert [ch["channel"] for ch in e["channels"]] == np.argsort(-l2, kind="stable").tolist()
     page = (out / res["filters"][0]["page"]).read_text()
     assert "Expanded weights on <code>stem</code>" in page and "An approximation" in page
+
+
+def test_the_issue_case_a_released_cifar_resnet20_gets_every_circuit(tmp_path):
+    """The case the issue was filed on: a CIFAR-10 ResNet-20 checkpoint as the popular release ships it
+    (legacy format, DataParallel keys) with spec layers layer1, layer2, layer3 (16 units): every unit has a
+    circuit whose terms recompute it and top patches; layer2's first block reads an option-A (pad) shortcut."""
+    from torch import nn
+
+    from tests.helpers.cifar_resnet import resnet20
+    from tests.helpers.tiny import write_cifar10
+    from tests.test_checkpoints import trained
+
+    net = trained(resnet20)
+    state = {k: v for k, v in nn.DataParallel(net).state_dict().items() if not k.endswith("num_batches_tracked")}
+    torch.save({"best_prec1": 91.78, "state_dict": state}, tmp_path / "resnet20.th",
+               _use_new_zipfile_serialization=False)
+    write_cifar10(tmp_path / "cifar", n=60)
+    (tmp_path / "spec.yaml").write_text(f"""
+model:
+  factory: tests.helpers.cifar_resnet:resnet20
+  checkpoint: resnet20.th
+  mean: [0.4914, 0.4822, 0.4465]
+  std: [0.247, 0.243, 0.261]
+  input_size: 32
+dataset: {{format: cifar10, root: cifar, samples: 2}}
+layers:
+  - {{name: layer1, filters: 0-5}}
+  - {{name: layer2, filters: 0-4}}
+  - {{name: layer3, filters: 0-4}}
+  - {{name: layer2.0, filters: [0, 20]}}
+record: {{top_k: 4}}
+feature_vis: {{enabled: false}}
+attribution: {{enabled: false}}
+embedding: {{max_points: 50}}
+""")
+    out = build(load_spec(tmp_path / "spec.yaml"), progress=False, log=lambda *_: None)
+    report = json.loads((out / "report.json").read_text())
+    units = [(l["name"], f) for l in report["layers"] for f in l["filters"] if l["name"] != "layer2.0"]
+    assert len(units) == 16
+    for f in report["layers"][-1]["filters"]:      # the first block of a stage: a strided slice, zero-padded
+        c = f["circuits"]
+        assert c["label"] == "layer2.0.conv2 → bn2 (folded) + skip from layer2.0.shortcut → relu" and c["check"] <= 1e-4
+        assert [t["skip"] for t in c["terms"]] == [False, True]
+    for name, f in units:
+        c = f["circuits"]
+        assert c and c["kind"] == "sum" and c["check"] <= 1e-4, (name, f["index"], c)
+        assert [t["skip"] for t in c["terms"]] == [False, True]
+        assert c["label"].startswith(f"{name}.2.conv2 → bn2 (folded) + skip from {name}.1")
+        assert len(f["top_patches"]) == len(f["top_images"]) == 4
