@@ -16,6 +16,9 @@ pins it). Each build's own phase table (timings.json) is printed side by side; t
 
 `--baseline-divide K` runs the old loop with 1/K of its steps and multiplies its feature-vis rows by K (a step
 costs the same whatever its number, so the time is linear in the steps), marked as scaled in the table.
+`--baseline-feature-vis-only` runs the old loop's build with only what feature vis needs (the dataset pass,
+circuits to expand the layers), and takes every other phase's time from the defaults' build, the same code:
+the old build's table is then composed, each row marked by where it comes from.
 """
 
 import argparse
@@ -47,7 +50,7 @@ def stand_in_vgg19(torch_home: Path) -> None:
         torch.save(torchvision.models.vgg19().state_dict(), path)
 
 
-def build_lab(images: Path, feature_vis: dict, divide: int) -> dict:
+def build_lab(images: Path, feature_vis: dict, divide: int, only_feature_vis: bool = False) -> dict:
     """One cold build of the lab spec: {phases: {phase: s}, total, scaled: [phase], log}."""
     from reportgen.build import build
     from reportgen.spec import load_spec
@@ -58,6 +61,11 @@ def build_lab(images: Path, feature_vis: dict, divide: int) -> dict:
         spec.output = Path(tmp) / "site"
         spec.feature_vis = spec.feature_vis.model_copy(update=feature_vis)
         spec.feature_vis.steps = max(1, spec.feature_vis.steps // divide)
+        if only_feature_vis:
+            spec.attribution.enabled = False
+            spec.accuracy.enabled = False
+            for layer in spec.layers:
+                layer.embedding = "none"
         lines: list[str] = []
         t0 = time.perf_counter()
         out = build(spec, progress=False, use_cache=False, log=lines.append)
@@ -68,7 +76,7 @@ def build_lab(images: Path, feature_vis: dict, divide: int) -> dict:
     for p in scaled:
         total += phases[p] * (divide - 1)
         phases[p] *= divide
-    return {"phases": phases, "total": total, "scaled": scaled, "log": lines}
+    return {"phases": phases, "total": total, "scaled": scaled, "borrowed": [], "log": lines}
 
 
 def table(results: dict[str, dict]) -> str:
@@ -78,10 +86,12 @@ def table(results: dict[str, dict]) -> str:
     for n in names:
         rows.append(f"{n:<22}" + "".join(
             f"{r['phases'].get(n, 0):>12.1f} s {100 * r['phases'].get(n, 0) / r['total']:>5.1f} %"
-            + (" (x)" if n in r["scaled"] else "    ") for r in results.values()))
+            + (" (x)" if n in r["scaled"] else " (d)" if n in r["borrowed"] else "    ") for r in results.values()))
     rows.append(f"{'total':<22}" + "".join(f"{r['total']:>12.1f} s {100:>5.1f} %    " for r in results.values()))
     if any(r["scaled"] for r in results.values()):
         rows.append("(x): measured at a fraction of the steps and scaled up (--baseline-divide)")
+    if any(r["borrowed"] for r in results.values()):
+        rows.append("(d): the defaults' build's time for that phase, the same code (--baseline-feature-vis-only)")
     return "\n".join(rows)
 
 
@@ -90,6 +100,8 @@ def main() -> None:
     p.add_argument("--images", type=int, default=200)
     p.add_argument("--baseline-divide", type=int, default=1)
     p.add_argument("--only", choices=["defaults", "old"], default=None)
+    p.add_argument("--baseline-feature-vis-only", action="store_true",
+                   help="the old loop's build runs only what feature vis needs; other phases from the defaults'")
     p.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "reportgen-lab-build"))
     args = p.parse_args()
     import torch
@@ -97,13 +109,21 @@ def main() -> None:
     work = Path(args.workdir)
     write_photos(work / "images", args.images)
     stand_in_vgg19(work / "torch")
-    runs = {"old loop": (OLD_LOOP, args.baseline_divide), "defaults": ({}, 1)}
+    runs = {"defaults": ({}, 1, False), "old loop": (OLD_LOOP, args.baseline_divide, args.baseline_feature_vis_only)}
     if args.only:
         runs = {k: v for k, v in runs.items() if (k == "defaults") == (args.only == "defaults")}
     results = {}
-    for label, (fv, divide) in runs.items():
-        results[label] = build_lab(work / "images", fv, divide)
+    for label, (fv, divide, only) in runs.items():
+        results[label] = build_lab(work / "images", fv, divide, only)
         print(f"--- {label}: build log\n" + "\n".join(results[label]["log"]), flush=True)
+    if args.baseline_feature_vis_only and len(results) == 2:      # the other phases: the defaults' build's
+        old, new = results["old loop"], results["defaults"]
+        for phase, seconds in new["phases"].items():
+            if phase not in FEATURE_VIS_PHASES:
+                old["phases"][phase] = seconds
+                old["borrowed"].append(phase)
+        old["total"] = sum(old["phases"].values())
+        new["total"] = sum(new["phases"].values())
     print(f"\nconfigs/vgg19_block3_conv1.yaml, {args.images} JPEG photos, stand-in IMAGENET1K_V1 weights, "
           f"{torch.get_num_threads()} torch threads")
     print(table(results))

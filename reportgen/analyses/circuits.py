@@ -151,7 +151,7 @@ class Circuit(BaseModel):
 class Circuits(Analysis):
     name = "circuits"
     spec_key = "circuit"
-    version = 5
+    version = 6
     per_layer = True
     uses = ("feature_vis",)      # links each input channel to its synthesized image when that ran
     templates = {"filter": "analyses/circuits.html"}
