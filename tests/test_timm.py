@@ -113,8 +113,11 @@ def test_timm_model_builds_with_its_data_config(tmp_path):
     assert report["dataset"]["classes"][:3] == ["tench", "goldfish", "great white shark"]
     conv_dw, stage = report["layers"]
     assert (conv_dw["path"], stage["path"]) == ("stages.1.blocks.1.conv_dw", "stages.1")
-    assert conv_dw["absent"] == {}
-    assert set(stage["absent"]) == {"circuits"} and stage["absent"]["circuits"]
+    assert conv_dw["absent"] == {} and stage["absent"] == {}
+    for f in stage["filters"]:          # a stage's output: a residual sum whose terms recompute the unit
+        c = f["circuits"]
+        assert c["kind"] == "sum" and [t["skip"] for t in c["terms"]][-1] is True
+        assert c["check"] <= 1e-3 * max(1.0, abs(f["top_images"][0]["score"]))
     for f in conv_dw["filters"]:
         assert f["top_images"] and f["feature_vis"]["image"] and f["guided_backprop"]
     assert not any(a["absent"] for a in report["analyses"]), [a for a in report["analyses"] if a["absent"]]
