@@ -74,17 +74,19 @@ def write_photos(root: Path, n: int, seed: int = 0) -> None:
         Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(folder / f"img{i:04d}.jpg", quality=90)
 
 
-def stand_in_weights(torch_home: Path) -> None:
+def stand_in_weights(torch_home: Path, model: str = "resnet18", weights: str = "ResNet18_Weights") -> None:
+    """A random state_dict of torchvision's `model` where its IMAGENET1K_V1 `weights` file is cached (written
+    once), with TORCH_HOME pointing there: torchvision's own loading path reads it offline."""
     import torch
     import torchvision
 
     from reportgen.models import weights_cache_path
     os.environ["TORCH_HOME"] = str(torch_home)
-    path = weights_cache_path(torchvision.models.ResNet18_Weights.IMAGENET1K_V1)
+    path = weights_cache_path(getattr(torchvision.models, weights).IMAGENET1K_V1)
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(0)
-        torch.save(torchvision.models.resnet18().state_dict(), path)
+        torch.save(getattr(torchvision.models, model)().state_dict(), path)
 
 
 def timed_build(spec) -> tuple[dict, float, list[str]]:

@@ -23,7 +23,6 @@ the old build's table is then composed, each row marked by where it comes from.
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -31,23 +30,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
-from imagenet_scale import write_photos  # noqa: E402
+from imagenet_scale import stand_in_weights, write_photos  # noqa: E402
 
 OLD_LOOP = {"steps": 256, "settle": 0.0, "precision": "float32"}
 FEATURE_VIS_PHASES = ("feature_vis", "class_models")
-
-
-def stand_in_vgg19(torch_home: Path) -> None:
-    import torch
-    import torchvision
-
-    from reportgen.models import weights_cache_path
-    os.environ["TORCH_HOME"] = str(torch_home)
-    path = weights_cache_path(torchvision.models.VGG19_Weights.IMAGENET1K_V1)
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.manual_seed(0)
-        torch.save(torchvision.models.vgg19().state_dict(), path)
 
 
 def build_lab(images: Path, feature_vis: dict, divide: int, only_feature_vis: bool = False) -> dict:
@@ -108,7 +94,7 @@ def main() -> None:
 
     work = Path(args.workdir)
     write_photos(work / "images", args.images)
-    stand_in_vgg19(work / "torch")
+    stand_in_weights(work / "torch", "vgg19", "VGG19_Weights")
     runs = {"defaults": ({}, 1, False), "old loop": (OLD_LOOP, args.baseline_divide, args.baseline_feature_vis_only)}
     if args.only:
         runs = {k: v for k, v in runs.items() if (k == "defaults") == (args.only == "defaults")}

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..analysis import Analysis
 from ..errors import ModelError
-from ..graph import effective_weights, find_conv, layer_node, trace, trace_source
+from ..graph import effective_weights, find_conv, layer_node, trace_source
 from ..graph.expand import ExpansionStop, expanded_weights
 from ..graph.terms import (Measured, activation_of, capture, conv_input_node, decompose, measure, module_paths,
                            shaped_trace)
@@ -44,7 +44,8 @@ class Source(BaseModel):
     patches: list[str]           # its top patches, when the report has them
 
 
-class Channel(BaseModel):
+class RankedKernel(BaseModel):
+    """One input channel's kernel and its statistics (`kernels.ChannelStat`)."""
     rank: int
     channel: int
     l2: float | None
@@ -53,9 +54,12 @@ class Channel(BaseModel):
     n_neg: int
     kind_count: str              # excitatory / inhibitory / balanced by the count rule
     kind_sum: str                # ... by the sum rule
+    kernel: list[list[float]]    # (kh, kw) effective weights
+
+
+class Channel(RankedKernel):
     contribution: float | None
     contribution_rank: int | None
-    kernel: list[list[float]]    # (kh, kw) effective weights
     sources: list[Source]        # several for a residual sum
 
 
@@ -111,16 +115,7 @@ class Term(BaseModel):
     through: Hop | None          # depthwise conv terms: the unit making their one input channel
 
 
-class ExpandedChannel(BaseModel):
-    rank: int
-    channel: int
-    l2: float | None
-    sum: float | None
-    n_pos: int
-    n_neg: int
-    kind_count: str
-    kind_sum: str
-    kernel: list[list[float]]    # (kh, kw) expanded weights on this source channel
+class ExpandedChannel(RankedKernel):      # `kernel`: the expanded weights on this source channel
     source: Source
 
 
@@ -264,9 +259,8 @@ def _expanded(ctx, layer_path: str, f: int) -> tuple[list[dict] | None, str | No
         stats = kx.rank_input_channels(weight, 0, 1, s.top_n) if e.kernel.size else []
         channels = []
         for st in stats:
-            rec = {k: (rounded(v) if isinstance(v, float) else v) for k, v in st.as_record().items()
-                   if k not in ("contribution", "contribution_rank")}
-            rec["kernel"] = [[rounded(v, 9) for v in row] for row in st.kernel.tolist()]
+            rec = _kernel_record(st)
+            del rec["contribution"], rec["contribution_rank"]
             rec["source"] = {"kind": "input" if e.source == "input" else "layer", "producer": None,
                              "channel": st.channel, "layer": e.source if e.source != "input" else None,
                              "path": list(e.layers)}
@@ -344,11 +338,7 @@ def _conv_circuit(gm, term, top_n: int, convs: dict, x: torch.Tensor | None, loc
     stats = kx.rank_input_channels(weight, f, conv.groups, top_n, contributions=contrib)
     channels = []
     for s in stats:
-        rec = {k: (rounded(v) if isinstance(v, float) else v) for k, v in s.as_record().items()}
-        # 9 digits keep float32 weights exact: pages round them once, for the cell (never twice)
-        rec["kernel"] = [[rounded(v, 9) for v in row] for row in s.kernel.tolist()]
-        rec["sources"] = _sources(gm, source, s.channel)
-        channels.append(rec)
+        channels.append(_kernel_record(s) | {"sources": _sources(gm, source, s.channel)})
     _ids, tiles = kx.kernel_tiles(weight, f, conv.groups)
     per_group = conv.in_channels // conv.groups
     group = f // (conv.out_channels // conv.groups) if conv.groups > 1 else None
@@ -361,6 +351,13 @@ def _conv_circuit(gm, term, top_n: int, convs: dict, x: torch.Tensor | None, loc
             "source_path": list(source.path) if source else [], "totals": kx.kind_totals(stats),
             "agreement": _finite(kx.rank_agreement(weight, f, conv.groups, contrib)) if contrib is not None else None,
             "channels": channels}, np.round(np.clip(tiles, 0, 1) * 255).astype(np.uint8)
+
+
+def _kernel_record(stat) -> dict:
+    """A ranked input channel (`kernels.ChannelStat`) as report data."""
+    rec = {k: (rounded(v) if isinstance(v, float) else v) for k, v in stat.as_record().items()}
+    # 9 digits keep float32 weights exact: pages round them once, for the cell (never twice)
+    return rec | {"kernel": [[rounded(v, 9) for v in row] for row in stat.kernel.tolist()]}
 
 
 def _branches(gm, source, weight, f: int, groups: int, stats) -> list[dict]:
