@@ -13,8 +13,8 @@ from ..analysis import Analysis
 from ..errors import ModelError
 from ..graph import effective_weights, find_conv, layer_node, trace_source
 from ..graph.expand import ExpansionStop, expanded_weights
-from ..graph.terms import (Measured, activation_of, capture, conv_input_node, decompose, measure, module_paths,
-                           shaped_trace)
+from ..graph.terms import Measured, activation_of, capture, conv_input_node, decompose, measure, shaped_trace
+from ..graph.trace import module_paths
 from ..layers import Layer, keras_aliases, slugify
 from ..render import images as im
 from ..report import rounded
@@ -185,7 +185,7 @@ class Circuits(Analysis):
         top = {f: [(int(i), divmod(int(l), width)) for i, l in zip(e.top.index[:, f], e.top.loc[:, f])]
                for f in layer.filters}
         got = _read_terms(ctx, gm, layer.path, decomps, top)
-        paths = module_paths(gm)
+        paths = {node.name: p for node, p in module_paths(gm).items()}
         convs: dict[str, tuple] = {}          # conv path → (conv, effective weight, source)
         out, filters = {}, []
         for f, d in decomps.items():

@@ -34,7 +34,7 @@ from reportgen.errors import ModelError
 
 from .ops import bind_arguments, node_op, tensor_inputs
 from .receptive import Geometry, propagate_shapes, node_shape, Unmapped
-from .trace import describe, layer_node, module_outputs, trace
+from .trace import describe, layer_node, module_paths, trace
 
 THROUGH = ("linear", "activations")
 
@@ -103,7 +103,7 @@ def expanded_weights(model: nn.Module, layer: str, channel: int, input_size: tup
         propagate_shapes(gm, model, tuple(image.shape))
         computed = _computed(gm)
         target, activation = _pre_activation(gm, layer_node(gm, layer))
-        names = _names(gm)
+        names = module_paths(gm)
         index = _unit_index(target, layer, channel)
         if from_layer is None:
             region = _linear_region(gm, target, computed, through)
@@ -220,14 +220,6 @@ def _sources(gm: fx.GraphModule, region: set[fx.Node], computed: set[fx.Node],
             moved = users[0]
         sources.add(moved if moved in recorded else node)
     return [node for node in gm.graph.nodes if node in sources]
-
-
-def _names(gm: fx.GraphModule) -> dict[fx.Node, list[str]]:
-    """Node -> the module paths recording its value, outermost first."""
-    names: dict[fx.Node, list[str]] = {}
-    for path, node in module_outputs(gm).items():
-        names.setdefault(node, []).append(path)
-    return {node: sorted(paths, key=lambda p: p.count(".")) for node, paths in names.items()}
 
 
 def _passable(gm: fx.GraphModule, node: fx.Node, computed: set[fx.Node], through: str) -> bool:

@@ -41,7 +41,7 @@ from reportgen.errors import ModelError
 
 from .ops import cat_dim, node_op, tensor_inputs
 from .receptive import propagate_shapes
-from .trace import describe, layer_node, module_outputs, trace
+from .trace import describe, layer_node, module_paths, trace
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ def decompose(model: nn.Module, layer: str, channel: int, gm: fx.GraphModule | N
     """The terms of channel `channel` of `layer`'s output (see the module docstring). `gm`: the traced model,
     when the caller traced it already."""
     gm = gm or trace(model)
-    names = _module_names(gm)
+    names = {node: paths[0] for node, paths in module_paths(gm).items()}   # the outermost
     node, ch = layer_node(gm, layer), channel
     selected: list[str] = []
     activation = activation_node = None
@@ -416,14 +416,6 @@ def _out_channels(gm: fx.GraphModule, node: fx.Node) -> int | None:
     return None
 
 
-def module_paths(gm: fx.GraphModule) -> dict[str, list[str]]:
-    """Node name → every module path whose output it is, innermost first (`layer1.1.relu`, `layer1.1`, `layer1`)."""
-    paths: dict[str, list[str]] = {}
-    for path, node in module_outputs(gm).items():
-        paths.setdefault(node.name, []).append(path)
-    return {k: sorted(v, key=lambda p: -len(p.split("."))) for k, v in paths.items()}
-
-
 def conv_input_node(gm: fx.GraphModule, conv_path: str) -> str:
     """The name of the node a conv module's (first) call reads."""
     node = next((n for n in gm.graph.nodes if n.op == "call_module" and n.target == conv_path), None)
@@ -444,15 +436,6 @@ def activation_of(gm: fx.GraphModule, d: Decomposition, pre: np.ndarray) -> np.n
             return gm.get_submodule(node.target)(x).numpy()
         fn = getattr(torch.Tensor, node.target) if node.op == "call_method" else node.target
         return fn(x, *node.args[1:], **node.kwargs).numpy()
-
-
-def _module_names(gm: fx.GraphModule) -> dict[fx.Node, str]:
-    """Node → the outermost module path whose output it is (`layer1` rather than `layer1.1.relu`)."""
-    names: dict[fx.Node, str] = {}
-    for path, node in module_outputs(gm).items():
-        if node not in names or len(path.split(".")) < len(names[node].split(".")):
-            names[node] = path
-    return names
 
 
 def _name(names: dict[fx.Node, str], node: fx.Node) -> str:

@@ -39,6 +39,14 @@ def module_outputs(gm: fx.GraphModule) -> dict[str, fx.Node]:
     return outputs
 
 
+def module_paths(gm: fx.GraphModule) -> dict[fx.Node, list[str]]:
+    """Node -> every module path whose output it is, outermost first (`layer1`, `layer1.1`, `layer1.1.relu`)."""
+    paths: dict[fx.Node, list[str]] = {}
+    for path, node in module_outputs(gm).items():
+        paths.setdefault(node, []).append(path)
+    return {node: sorted(p, key=lambda path: path.count(".")) for node, p in paths.items()}
+
+
 def layer_node(gm: fx.GraphModule, layer: str) -> fx.Node:
     """The node whose output is `layer`; ModelError listing some layers when there is none."""
     outputs = module_outputs(gm)
