@@ -163,3 +163,27 @@ def test_attribution_maps_match_the_npz_and_a_direct_gradient(built, direct):
             np.testing.assert_allclose(npz[r["array"]], g.abs()[0, 0].numpy(), rtol=1e-4, atol=1e-6)
         else:
             assert npz[r["array"]].shape == (28, 28)
+
+
+def test_sanity_check_similarity_is_spearman_against_the_seeded_randomized_model(tmp_path, direct):
+    """The report's randomized_similarity: |saliency| of the model against |saliency| of its copy re-initialized
+    from the spec's seed, ranked (scipy), image by image."""
+    from scipy.stats import spearmanr
+
+    from reportgen.analyses.attribution import randomized_copy
+
+    (tmp_path / "spec.yaml").write_text(SPEC.replace("methods: [saliency, occlusion], sanity_check: false",
+                                                     "methods: [saliency], sanity_check: true"))
+    out = build(load_spec(tmp_path / "spec.yaml"), progress=False, log=lambda *_: None)
+    records = json.loads((out / "report.json").read_text())["attribution"]["records"]
+    model = direct["model"]
+    randomized = randomized_copy(model, 4)
+    assert len(records) == 3
+    for r in records:
+        x = ((torch.from_numpy(direct["images"][[r["dataset_index"]]]).float().unsqueeze(1) / 255 - 0.5) / 0.25)
+        maps = []
+        for m in (model, randomized):
+            xx = x.clone().requires_grad_()
+            (g,) = torch.autograd.grad(m(xx)[0, r["target"]], xx)
+            maps.append(g.abs()[0, 0].numpy().ravel())
+        assert r["randomized_similarity"] == pytest.approx(spearmanr(*maps).statistic, abs=2e-3)

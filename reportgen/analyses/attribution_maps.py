@@ -117,6 +117,8 @@ class AttributionMaps(Analysis):
 
         def work(mine: list[int]) -> dict:
             part = {}
+            # the sanity check's model, re-initialized once per shard from the seed (the same on every rank)
+            randomized = at.randomized_copy(ctx.model.module, ctx.spec.seed) if s.sanity_check and mine else None
             for start in range(0, len(mine), 8):
                 chunk = mine[start:start + 8]
                 x = ctx.batch(chunk)
@@ -130,7 +132,7 @@ class AttributionMaps(Analysis):
                     t = torch.as_tensor(targets[kind], dtype=torch.long, device=ctx.device)
                     for m in s.methods:
                         maps = fns[m](ctx.model.module, x, t)
-                        sim = at.randomized_similarity(fns[m], ctx.model.module, x, t, seed=ctx.spec.seed) \
+                        sim = at.map_similarity(maps, fns[m](randomized, x, t)) \
                             if s.sanity_check else np.full(len(chunk), np.nan)
                         for n, i in enumerate(chunk):
                             part[(i, kind, m)] = (maps[n].astype(np.float32), int(targets[kind][n]), float(sim[n]))

@@ -11,8 +11,8 @@ from .guided import (activation_census, guided_backprop, guided_backprop_unit, g
                      guided_unsupported)
 from .occlusion import occlusion
 from .saliency import saliency
-from .sanity import randomized_copy, randomized_similarity
+from .sanity import map_similarity, randomized_copy, randomized_similarity
 
 __all__ = ["occlusion", "saliency", "grad_cam", "guided_backprop", "guided_grad_cam",
            "guided_backprop_unit", "activation_census", "guided_unsupported", "randomized_similarity",
-           "randomized_copy"]
+           "randomized_copy", "map_similarity"]

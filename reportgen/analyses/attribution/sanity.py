@@ -36,16 +36,22 @@ def randomized_similarity(method_fn: Method, model: nn.Module, x: torch.Tensor, 
     """Spearman rank correlation, per image, between |map| of the model and of its randomized copy.
 
     method_fn(model, x, target) → (B, H, W), e.g. `saliency` or `functools.partial(grad_cam, layer=...)`.
+    Returns `map_similarity` of the two maps.
+    """
+    return map_similarity(method_fn(model, x, target), method_fn(randomized_copy(model, seed), x, target))
+
+
+def map_similarity(trained: np.ndarray, randomized: np.ndarray) -> np.ndarray:
+    """Spearman rank correlation, per image, between |trained| and |randomized| maps (B, H, W).
+
     Absolute values are ranked, as in Adebayo et al.'s "absolute value" variant, since the sign
     of a map is not comparable between two models. Returns float64 (B,) in [-1, 1]: near 1 means
     the method ignores the weights; NaN where either map is constant (a rank correlation is undefined).
     """
     from scipy.stats import spearmanr   # here, not at import: a rebuild that computes nothing does not need it
 
-    trained = np.abs(method_fn(model, x, target))
-    randomized = np.abs(method_fn(randomized_copy(model, seed), x, target))
     out = np.empty(len(trained))
-    for n, (a, b) in enumerate(zip(trained, randomized)):
+    for n, (a, b) in enumerate(zip(np.abs(trained), np.abs(randomized))):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")   # scipy warns on constant input; NaN says it
             out[n] = spearmanr(a.ravel(), b.ravel()).statistic
