@@ -5,7 +5,7 @@ a candidate setting of `feature_vis` against its defaults on the lab's layers.
                                      [--threads N] [--grid-steps 16] [--skip-grids]
                                      [--lab-units 8] [--lab-layers block3_conv1,...] [--lab-divide 1]
                                      [--lab-baseline '{"steps": 256, "settle": 0, "precision": "float32"}']
-                                     [--lab-candidate '{}'] [--skip-lucent]
+                                     [--lab-candidate '{}'] [--lab-candidate-size 128] [--skip-lucent]
 
 Lab (`--lab-units` > 0): the lab's layers of `vgg19(weights=None)` (block2_conv2, block3_conv1 and
 block5_conv3, as `circuit.expand` adds them; each its conv's ReLU, as the alias means) at 128 px, the
@@ -141,21 +141,22 @@ LAB_LAYERS = {"block2_conv2": "features.8", "block3_conv1": "features.11", "bloc
 
 def lab(args: argparse.Namespace) -> None:
     model = vgg19()
-    param = Parameterization(3, IMAGENET_MEAN, IMAGENET_STD, size=128)
+    params = {"candidate": Parameterization(3, IMAGENET_MEAN, IMAGENET_STD, size=args.lab_candidate_size),
+              "baseline": Parameterization(3, IMAGENET_MEAN, IMAGENET_STD, size=128)}
     k = args.lab_divide
     settings = {"candidate": FeatureVisSpec(**json.loads(args.lab_candidate)),
                 "baseline": FeatureVisSpec(**json.loads(args.lab_baseline))}
     loops = {}
     for name, s in settings.items():
-        opt = optimizer_for(s, param.hw, "channel", seed=0)
+        opt = optimizer_for(s, params[name].hw, "channel", seed=0)
         loops[name] = replace(opt, steps=max(len(opt.sizes), opt.steps // k))
     units = list(range(0, 64, 64 // args.lab_units))[:args.lab_units]
-    print(f"candidate vs baseline, VGG19 (random weights), 128 px, units {units}, {torch.get_num_threads()} "
-          f"threads:" + "".join(f"\n  {n}: {o}" for n, o in loops.items())
+    print(f"candidate ({args.lab_candidate_size} px) vs baseline (128 px), VGG19 (random weights), units {units}, "
+          f"{torch.get_num_threads()} threads:" + "".join(f"\n  {n}: {o}" for n, o in loops.items())
           + (f"\n  steps divided by {k}: time only" if k > 1 else ""))
     for alias in args.lab_layers.split(","):
-        (a, ta, _), (b, tb, _) = (timed(lambda o=o: synthesize(model, Objective(LAB_LAYERS[alias], units), param,
-                                                               RandomAffine(), o)) for o in loops.values())
+        (a, ta, _), (b, tb, _) = (timed(lambda n=n: synthesize(model, Objective(LAB_LAYERS[alias], units), params[n],
+                                                               RandomAffine(), loops[n])) for n in loops)
         print(f"  {alias}: {ta:6.1f} s vs {tb:6.1f} s = {tb / ta:.2f}x faster; mean activation "
               f"{a.activation.mean():.4f} vs {b.activation.mean():.4f} = ratio "
               f"{a.activation.mean() / b.activation.mean():.2f} (per unit: {np.round(a.activation / b.activation, 2).tolist()})",
@@ -174,6 +175,9 @@ def main() -> None:
     parser.add_argument("--skip-lucent", action="store_true")
     parser.add_argument("--lab-units", type=int, default=8, help="units per lab layer (0: skip)")
     parser.add_argument("--lab-layers", default=",".join(LAB_LAYERS))
+    parser.add_argument("--lab-candidate-size", type=int, default=128,
+                        help="the candidate's image side (the baseline's is 128 px): e.g. 64, the canvas fitted "
+                             "to block2_conv2's receptive field when circuit.expand adds it")
     parser.add_argument("--lab-divide", type=int, default=1, help="run 1/K of the steps: a quick time ratio")
     parser.add_argument("--lab-candidate", default="{}", help="feature_vis fields over the defaults, JSON")
     parser.add_argument("--lab-baseline", default='{"steps": 256, "settle": 0, "precision": "float32"}',

@@ -46,6 +46,7 @@ class Layer:
     filters: list[int]
     slug: str                 # safe file-name stem
     embedding: str
+    expanded: bool = False    # added by circuit.expand (feeds the spec's filters), not named in the spec
 
 
 def keras_aliases(model: nn.Module) -> dict[str, tuple[str, str]]:

@@ -36,7 +36,7 @@ def test_vgg19_lab_config_offline(tmp_path, monkeypatch):
     spec.layers = spec.layers[:1]
     spec.layers[0].embedding = "pca"
     spec.feature_vis.steps = 2
-    spec.feature_vis.size = 64
+    spec.feature_vis.size = 96
     spec.feature_vis.classes = [1]
     spec.attribution.images = 2
     spec.attribution.sanity_check = False
@@ -60,6 +60,11 @@ def test_vgg19_lab_config_offline(tmp_path, monkeypatch):
     # block3_conv1 reads block2_pool = block2_conv2's channels; expand gave those channels pages
     src = f31["circuits"]["terms"][0]["conv"]["channels"][0]["sources"][0]
     assert src["layer"] == "block2_conv2" and src["page"] and (out / src["page"]).is_file()
-    assert f31["feature_vis"]["size"] == [64, 64] and (out / f31["feature_vis"]["image"]).is_file()
+    assert f31["feature_vis"]["size"] == [96, 96] and (out / f31["feature_vis"]["image"]).is_file()
+    # the added block2_conv2 is synthesized on a canvas of 4 of its receptive fields (3×3, 3×3, pool 2,
+    # 3×3, 3×3: 1 + 2 + 2 + 1 + 4 + 4 = 14 px; ×4 = 56, rounded up to 16 px: 64), not the spec's 96 px
+    block2 = next(l for l in report["layers"] if l["name"] == "block2_conv2")
+    assert block2["filters"] and {tuple(f["feature_vis"]["size"]) for f in block2["filters"]} == {(64, 64)}
+    assert Image.open(out / block2["filters"][0]["feature_vis"]["image"]).size == (64, 64)
     assert {a["method"] for a in report["attribution"]["records"]} == {"occlusion", "saliency", "gradcam", "guided_backprop",
                                                             "guided_gradcam"}

@@ -499,7 +499,8 @@ def expand_layers(model: nn.Module, gm, layers: list[Layer], top_n: int, shapes:
         except ModelError:
             conv = None
         name = aliases.get(path, path)
-        out.insert(0, Layer(name, path, conv, shape[0], shape, sorted(chans), slugify(name) + "-in", "none"))
+        out.insert(0, Layer(name, path, conv, shape[0], shape, sorted(chans), slugify(name) + "-in", "none",
+                                expanded=True))
     return out
 
 

@@ -18,15 +18,17 @@ from .featvis import Objective, Optimizer, Parameterization, RandomAffine, synth
 CURVE_POINTS = 48   # the objective curve is kept at this many steps
 
 
-def _synthesize(ctx, layer_path, units: list[int], kind: str, regularize: bool, label: str, variants: int = 1) -> dict:
-    """Images for `units`, arrays with the variants of a unit adjacent. Computed and cached one optimizer batch
-    at a time (split across ranks): a build stopped midway loses at most the batch it was on."""
+def _synthesize(ctx, layer, units: list[int], kind: str, regularize: bool, label: str, variants: int = 1) -> dict:
+    """Images for `units` of `layer` (None: the class logits), arrays with the variants of a unit adjacent.
+    Computed and cached one optimizer batch at a time (split across ranks): a build stopped midway loses at
+    most the batch it was on."""
     s = ctx.spec.feature_vis
     diversity = s.diversity if variants > 1 else 0.0
-    param = Parameterization(ctx.model.channels, ctx.model.mean, ctx.model.std, size=image_size(ctx),
+    layer_path = layer.path if layer else None
+    param = Parameterization(ctx.model.channels, ctx.model.mean, ctx.model.std, size=image_size(ctx, layer),
                              fourier=regularize)
     transforms = RandomAffine() if regularize else None
-    optimizer = _optimizer(ctx, layer_path, kind)
+    optimizer = _optimizer(ctx, layer, kind)
     key = ctx.key("featvis-part", PART_VERSION, layer_path, kind, variants, diversity, asdict(param),
                   transforms and asdict(transforms), asdict(optimizer))
 
@@ -48,9 +50,9 @@ def _synthesize(ctx, layer_path, units: list[int], kind: str, regularize: bool, 
 PART_VERSION = 1        # bump when a part's result changes meaning: the parts' cache keys change
 
 
-def _optimizer(ctx, layer_path: str | None, kind: str) -> Optimizer:
-    """The loop's settings for a layer (its objective `kind`)."""
-    return optimizer_for(ctx.spec.feature_vis, image_size(ctx), kind, ctx.spec.seed, ctx.device)
+def _optimizer(ctx, layer, kind: str) -> Optimizer:
+    """The loop's settings for a layer (None: the class logits) and its objective `kind`."""
+    return optimizer_for(ctx.spec.feature_vis, image_size(ctx, layer), kind, ctx.spec.seed, ctx.device)
 
 
 def optimizer_for(s: FeatureVisSpec, size: tuple[int, int], kind: str, seed: int, device: str = "cpu") -> Optimizer:
@@ -84,23 +86,40 @@ def native_bfloat16(device: str) -> bool:
     return False
 
 
-def _cost(ctx, layer_path: str | None, kind: str, images: int) -> Work:
+def _cost(ctx, layer, kind: str, images: int) -> Work:
     """`images` optimized for the spec's steps, a batch at a time: one backward pass each per step, at the
     size whose area is the steps' mean area (coarse to fine: smaller at first)."""
-    opt = _optimizer(ctx, layer_path, kind)
+    opt = _optimizer(ctx, layer, kind)
     scale = float(np.sqrt(np.mean(np.square(opt.sizes))))
-    return Work(backward=images * opt.steps, batch=max(1, min(images, opt.batch_size)), layer=layer_path,
-                size=tuple(side * scale for side in image_size(ctx)), autocast=opt.autocast)
+    return Work(backward=images * opt.steps, batch=max(1, min(images, opt.batch_size)),
+                layer=layer.path if layer else None,
+                size=tuple(side * scale for side in image_size(ctx, layer)), autocast=opt.autocast)
 
 
 PROGRESSIVE_SIZES = (0.5, 0.75, 1.0)    # image side by thirds of the steps (`feature_vis.progressive`)
 MIN_PROGRESSIVE = 64
 
 
-def image_size(ctx) -> tuple[int, int]:
-    """(H, W) of the synthesized images: `feature_vis.size` (a square), or the model's input size when it is 0."""
+def image_size(ctx, layer=None) -> tuple[int, int]:
+    """(H, W) of the synthesized images: `feature_vis.size` (a square), or the model's input size when it is 0.
+
+    A layer that `circuit.expand` added (its channels show what feeds the spec's filters, mostly as circuit
+    thumbnails) gets a canvas fitted to its receptive field instead: FIT_FIELDS fields across, rounded up to
+    16 px, at least MIN_FITTED, at most the size above. The objective is the channel's mean over positions,
+    which a few fields across hold as well as a larger canvas: on VGG19's block2_conv2 (a 14 px field), 64 px
+    reach the activation of 128 px in a quarter of the time (benchmarks/feature_vis.py --lab-candidate-size 64
+    --lab-candidate '{}' --lab-baseline '{}' --lab-layers block2_conv2)."""
     side = ctx.spec.feature_vis.size
-    return (side, side) if side else ctx.model.input_size
+    full = (side, side) if side else tuple(ctx.model.input_size)
+    field = ctx.receptive_fields.get(layer.path) if layer is not None and layer.expanded else None
+    if field is None:
+        return full
+    fitted = max(MIN_FITTED, -(-FIT_FIELDS * max(field.size) // 16) * 16)
+    return tuple(min(s, fitted) for s in full)
+
+
+FIT_FIELDS = 4          # receptive fields across an expanded layer's canvas
+MIN_FITTED = 64         # px: the smallest fitted canvas (progressive stages need MIN_PROGRESSIVE)
 
 
 def _curve_steps(steps: int) -> np.ndarray:
@@ -142,14 +161,14 @@ class FeatureVis(Analysis):
 
     def cost(self, ctx, layer):
         s = ctx.spec.feature_vis
-        return _cost(ctx, layer.path, self._objective(ctx, layer), len(layer.filters) * (s.variants + s.compare_plain))
+        return _cost(ctx, layer, self._objective(ctx, layer), len(layer.filters) * (s.variants + s.compare_plain))
 
     def compute(self, ctx, layer):
         s = ctx.spec.feature_vis
-        out = _synthesize(ctx, layer.path, layer.filters, self._objective(ctx, layer), True,
+        out = _synthesize(ctx, layer, layer.filters, self._objective(ctx, layer), True,
                           f"synthesis {layer.name}", variants=s.variants)
         if s.compare_plain:
-            plain = _synthesize(ctx, layer.path, layer.filters, self._objective(ctx, layer), False, f"plain {layer.name}")
+            plain = _synthesize(ctx, layer, layer.filters, self._objective(ctx, layer), False, f"plain {layer.name}")
             out.update({f"plain_{k}": v for k, v in plain.items()})
         return out
 
@@ -165,7 +184,7 @@ class FeatureVis(Analysis):
                 def image(rel, arr=res["images"], row=n):
                     return out.image(rel, lambda: arr[row])
                 vis = {"image": image(f"{base}/f{f}_vis.png"), "activation": rounded(res["activation"][n], 4),
-                       "steps": s.steps, "size": list(image_size(ctx)),
+                       "steps": s.steps, "size": list(image_size(ctx, layer)),
                        "objective": self._objective(ctx, layer),
                        "curve": {"steps": [int(t) + 1 for t in res["curve_steps"]],
                                  "values": [rounded(v, 4) for v in res["curve"][n]]},
