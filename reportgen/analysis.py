@@ -6,7 +6,7 @@ An analysis is one computation of the report, in one module of `reportgen/analys
         name = "guided_backprop"          # its key in report.json, in the cache and in page templates
         spec_key = "attribution"          # the spec section it reads (spec.py holds its defaults)
         version = 1                       # bump when the result changes meaning: the cache key changes
-        requires = ()                     # analyses whose reported data it reads; the runner orders by them
+        requires = ()                     # analyses it reads (`ctx.artifact(name, layer)`): run first, keyed in
         per_layer = True                  # compute() once per spec layer, each result cached on its own
         templates = {"filter": "analyses/guided_backprop.html"}
         FilterResult = GuidedRecord       # pydantic model of its part of report.json (the JSON Schema)
@@ -65,6 +65,7 @@ class Context:
     computed: list[str] = field(default_factory=list)     # "name" or "name:layer" computed (not cached) this build
     strict: bool = False               # a part of the report that cannot be made is an error, not a note
     timer: Timer = field(default_factory=Timer)   # where the build's time goes (timing.py)
+    outcomes: dict = field(default_factory=dict)   # analysis name → Outcome, once `check_analyses` ran
 
     def batch(self, indices) -> torch.Tensor:
         """Dataset images by index → the normalized (B, C, H, W) float batch on the build's device."""
@@ -115,6 +116,14 @@ class Context:
 
     def layer(self, path: str) -> Layer:
         return next(l for l in self.layers if l.path == path)
+
+    def artifact(self, name: str, layer: Layer | None = None) -> Artifact | None:
+        """The artifact of analysis `name` (on `layer`, for a per-layer one) from this build's run, or None where
+        it did not run: what an analysis that `requires` (or `uses`) another reads in its `compute`."""
+        o = self.outcomes.get(name)
+        if o is None or o.artifact is None:
+            return None
+        return o.artifact.get(layer.path) if o.analysis.per_layer else o.artifact
 
 
 class Analysis:
@@ -209,6 +218,7 @@ def check_analyses(ctx: Context, analyses: list[Analysis]) -> dict[str, Outcome]
     all of them listed in one message.
     """
     outcomes: dict[str, Outcome] = {}
+    ctx.outcomes = outcomes
     for a in ordered(analyses):
         o = outcomes[a.name] = Outcome(a)
         o.absent = (None if a.enabled(ctx) else f"turned off in the spec ({a.spec_key}.enabled: false)") \
@@ -299,7 +309,23 @@ def result_key(ctx: Context, a: Analysis, layer: Layer | None) -> str:
     """The cache key of `a`'s result (on `layer`)."""
     settings = a.settings(ctx)
     return ctx.key(a.name, a.version, settings.model_dump(mode="json") if settings is not None else None,
-                   ctx.evidence_key, ctx.spec.seed, a.key_parts(ctx), (layer.path, layer.filters) if layer else None)
+                   ctx.evidence_key, ctx.spec.seed, a.key_parts(ctx), (layer.path, layer.filters) if layer else None,
+                   _upstream_keys(ctx, a, layer))
+
+
+def _upstream_keys(ctx: Context, a: Analysis, layer: Layer | None) -> list[str]:
+    """The result keys of the analyses `a` requires (on the same layer; every layer of a per-layer one that a
+    site-level `a` requires): a result read in `compute` changes the reader's key when it changes."""
+    keys = []
+    for name in a.requires:
+        o = ctx.outcomes.get(name)
+        if o is None:
+            keys.append(name)
+        elif not o.analysis.per_layer:
+            keys.append(result_key(ctx, o.analysis, None))
+        else:
+            keys += [result_key(ctx, o.analysis, l) for l in ([layer] if layer else o.wanted)]
+    return keys
 
 
 def _cached(ctx: Context, a: Analysis, layer: Layer | None) -> Artifact:

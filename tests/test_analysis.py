@@ -5,6 +5,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from reportgen.analyses import ANALYSES
@@ -80,6 +81,42 @@ def test_a_new_analysis_reaches_pages_and_report_and_is_cached(tmp_path):
         version = 2                                     # a changed meaning: only this analysis recomputes
     _, _, lines = _build(spec, [*ANALYSES, WeightNorm2()])
     assert lines[-1].split("computed: ")[1] == "weight_norm:block1_conv2, weight_norm:features.c3"
+
+
+class _NormShare(Analysis):
+    """Reads weight_norm's artifact in compute: each filter's share of the layer's spec-filter norms."""
+    name = "norm_share"
+    per_layer = True
+    requires = ("weight_norm",)
+
+    def compute(self, ctx, layer):
+        art = ctx.artifact("weight_norm", layer)
+        return {"share": art["norm"] / art["norm"].sum()}
+
+    def report(self, ctx, artifacts, out):
+        pass
+
+
+def test_an_analysis_reads_what_it_requires_and_recomputes_when_that_changes(tmp_path):
+    spec = _spec(tmp_path)
+    reader = _NormShare()
+    ctx = prepare(spec, log=lambda *_: None)
+    ctx.progress = False
+    gather_evidence(ctx)
+    outcomes = run_analyses(ctx, check_analyses(ctx, [WeightNorm(), reader]))
+    model = tiny_cnn()
+    w = model.features.c3.weight.detach().double()[[1, 2]].flatten(1).norm(dim=1).numpy()
+    np.testing.assert_allclose(outcomes["norm_share"].artifact["features.c3"]["share"], w / w.sum(), rtol=1e-9)
+
+    class WeightNorm2(WeightNorm):
+        version = 2                                     # what the reader reads changed: the reader recomputes
+    analyses = [*ANALYSES, WeightNorm(), reader]
+    _build(spec, analyses)
+    _, _, lines = _build(spec, analyses)
+    assert lines[-1].endswith("computed: nothing (all cached)")
+    _, _, lines = _build(spec, [*ANALYSES, WeightNorm2(), reader])
+    assert set(lines[-1].split("computed: ")[1].split(", ")) == {
+        f"{n}:{layer}" for n in ("weight_norm", "norm_share") for layer in ("block1_conv2", "features.c3")}
 
 
 class _Named(Analysis):
