@@ -188,8 +188,24 @@ class FeatureVisSpec(_Section):
     objective: Literal["channel", "neuron"] = "channel"
     variants: int = Field(1, ge=1, le=4, description="images per filter; with diversity > 0 they differ")
     diversity: float = Field(0.0, ge=0.0, le=2.0, description="weight of the diversity term between variants")
-    compare_plain: bool = Field(False, description="also run the plain, unregularized ascent (doubles the cost)")
+    param: Literal["fourier", "maco"] = Field("fourier", description=(
+        "how each filter's image is parameterized: fourier = a frequency-scaled spectrum through a sigmoid "
+        "(Olah et al. 2017); maco = the phase only, the magnitude fixed to the dataset's mean amplitude spectrum "
+        "(Fel et al. 2023), with a transparency map. Class models stay fourier"))
+    compare: list[Literal["fourier", "maco", "plain"]] = Field(default_factory=list, description=(
+        "parameterizations also synthesized for each filter and shown beside `param`'s image, each with its "
+        "activation (each one costs as much as the main image); plain = raw pixels, no regularizer"))
+    compare_plain: bool = Field(False, description="also run the plain, unregularized ascent (doubles the cost); "
+                                                   "the same as 'plain' in compare")
     classes: list[int] = Field(default_factory=lambda: [0, 1, 2, 3], description="class-model images on the overview")
+
+    @model_validator(mode="after")
+    def _compared(self):
+        if len(set(self.compare)) != len(self.compare):
+            raise ValueError(f"compare lists a parameterization twice: {self.compare}")
+        if self.compare_plain and "plain" not in self.compare:
+            self.compare = [*self.compare, "plain"]
+        return self
 
 
 class CircuitSpec(_Section):

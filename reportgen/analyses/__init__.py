@@ -6,12 +6,13 @@ their sections appear in this order. Math they share lives in the subpackages an
 """
 
 from .accuracy import Accuracy
+from .amplitude_spectrum import AmplitudeSpectrum
 from .attribution_maps import AttributionMaps, GuidedBackprop
 from .circuits import Circuits, FirstLayerFilters
 from .explorer import LayerExplorer, OverviewExplorer
 from .feature_vis import ClassModels, FeatureVis
 
-ANALYSES = [Accuracy(), FeatureVis(), FirstLayerFilters(), ClassModels(), Circuits(), GuidedBackprop(), LayerExplorer(),
-            OverviewExplorer(), AttributionMaps()]
+ANALYSES = [Accuracy(), AmplitudeSpectrum(), FeatureVis(), FirstLayerFilters(), ClassModels(), Circuits(),
+            GuidedBackprop(), LayerExplorer(), OverviewExplorer(), AttributionMaps()]
 
 __all__ = ["ANALYSES"]

@@ -1,8 +1,15 @@
 """Synthesized images: each spec filter's "what it wants to see" (regularized gradient ascent, batched across
-filters, with variants and optionally the plain ascent beside it), and the class models of the overview.
+filters, with variants, in the parameterization `feature_vis.param`, and optionally others beside it:
+`feature_vis.compare`), and the class models of the overview.
+
+Parameterizations, by name: "fourier" (`fourier_image` with random warps), "maco" (`maco_image`, the
+magnitude read from the `amplitude_spectrum` analysis, with random warps), "plain" (`pixel_image`, no warp).
 """
 
+import hashlib
 from dataclasses import asdict
+
+from typing import Literal
 
 import numpy as np
 import torch
@@ -13,24 +20,29 @@ from ..analysis import Analysis
 from ..report import rounded
 from ..spec import FeatureVisSpec
 from ..timing import Work
+from .amplitude_spectrum import amplitude_for
 from .featvis import Objective, Optimizer, Parameterization, RandomAffine, synthesize
 
 CURVE_POINTS = 48   # the objective curve is kept at this many steps
 
 
-def _synthesize(ctx, layer, units: list[int], kind: str, regularize: bool, label: str, variants: int = 1) -> dict:
-    """Images for `units` of `layer` (None: the class logits), arrays with the variants of a unit adjacent.
+def _synthesize(ctx, layer, units: list[int], kind: str, param_name: str, label: str, variants: int = 1) -> dict:
+    """Images for `units` of `layer` (None: the class logits) in parameterization `param_name`, arrays with the
+    variants of a unit adjacent; MACO's also with its `transparency` (n, H, W) and `clipped` (n,).
     Computed and cached one optimizer batch at a time (split across ranks): a build stopped midway loses at
     most the batch it was on."""
     s = ctx.spec.feature_vis
     diversity = s.diversity if variants > 1 else 0.0
     layer_path = layer.path if layer else None
-    param = Parameterization(ctx.model.channels, ctx.model.mean, ctx.model.std, size=image_size(ctx, layer),
-                             fourier=regularize)
-    transforms = RandomAffine() if regularize else None
+    size = image_size(ctx, layer)
+    maco = param_name == "maco"
+    param = Parameterization(ctx.model.channels, ctx.model.mean, ctx.model.std, size=size,
+                             fourier=param_name != "plain", amplitude=amplitude_for(ctx, size) if maco else None)
+    transforms = RandomAffine() if param_name != "plain" else None
     optimizer = _optimizer(ctx, layer, kind)
-    key = ctx.key("featvis-part", PART_VERSION, layer_path, kind, variants, diversity, asdict(param),
+    key = ctx.key("featvis-part", PART_VERSION, layer_path, kind, variants, diversity, _param_key(param),
                   transforms and asdict(transforms), asdict(optimizer))
+    fields = ("images", "activation", "curve") + (("transparency", "clipped") if maco else ())
 
     with tqdm(total=len(units) * variants * optimizer.steps, unit="img·step", desc=label, leave=False,
               disable=not (ctx.progress and ctx.group.is_main)) as bar:
@@ -38,16 +50,27 @@ def _synthesize(ctx, layer, units: list[int], kind: str, regularize: bool, label
             res = synthesize(ctx.model.module, Objective(layer_path, part, kind, variants, diversity), param,
                              transforms, optimizer, device=ctx.device, progress=bar.update)
             return {"images": res.images, "activation": res.activation.astype(np.float64),
-                    "curve": res.curve[:, _curve_steps(optimizer.steps)]}
+                    "curve": res.curve[:, _curve_steps(optimizer.steps)],
+                    **({"transparency": res.transparency, "clipped": res.clipped} if maco else {})}
 
         # no units: no parts, and the arrays' shapes come from an empty synthesis
         parts = ctx.cached_parts("featvis", key, units, max(1, optimizer.batch_size // variants), work) \
             or [work([])]
     return {"units": np.array(units, np.int64), "curve_steps": _curve_steps(optimizer.steps),
-            **{k: np.concatenate([p[k] for p in parts]) for k in ("images", "activation", "curve")}}
+            **{k: np.concatenate([p[k] for p in parts]) for k in fields}}
 
 
 PART_VERSION = 1        # bump when a part's result changes meaning: the parts' cache keys change
+
+
+def _param_key(param: Parameterization) -> dict:
+    """The parameterization in a cache key: its fields, MACO's amplitude by the hash of its bytes (without one,
+    the same dict as before MACO existed, so Fourier and plain parts stay cached)."""
+    fields = asdict(param)
+    amplitude = fields.pop("amplitude")
+    if amplitude is not None:
+        fields["amplitude_sha256"] = hashlib.sha256(np.ascontiguousarray(amplitude, np.float64).tobytes()).hexdigest()
+    return fields
 
 
 def _optimizer(ctx, layer, kind: str) -> Optimizer:
@@ -136,6 +159,24 @@ class Synthesized(BaseModel):
     activation: float | None
 
 
+class Transparency(BaseModel):
+    """MACO's transparency map (`FeatureVisResult.transparency`), as a grey PNG: value / 255 × `scale`."""
+    image: str
+    scale: float | None = Field(description="the map's largest value, which the PNG's 255 stands for")
+
+
+class Rendered(BaseModel):
+    """One parameterization's image of the filter, as `feature_vis.compare` shows them side by side."""
+    param: Literal["fourier", "maco", "plain"]
+    image: str
+    activation: float | None     # the objective on the final, unwarped image
+    transparency: Transparency | None = Field(description="MACO's transparency map (None for the others)")
+    clipped: float | None = Field(description="MACO: share of the exact-spectrum image's pixel values clipped to "
+                                              "[0, 1] (None for the others)")
+    scores: dict[str, float | None] = Field(description="trust scores of this image by name (e.g. naturalness), "
+                                                        "filled by the analyses that compute them")
+
+
 class FilterVis(BaseModel):
     image: str
     activation: float | None     # the objective on the final, unwarped image
@@ -144,7 +185,11 @@ class FilterVis(BaseModel):
     objective: str               # "channel" (mean over positions) or "neuron" (the centre unit)
     curve: Curve
     variants: list[Synthesized]  # further images with the diversity term (beyond the first)
-    plain: Synthesized | None    # the plain, unregularized ascent (feature_vis.compare_plain)
+    plain: Synthesized | None    # the plain, unregularized ascent, where compared (also in `compare`)
+    param: Literal["fourier", "maco"] = Field(description="parameterization of `image` (feature_vis.param)")
+    transparency: Transparency | None = Field(description="MACO's transparency map of `image` (param maco)")
+    compare: list[Rendered] = Field(description="feature_vis.compare: `param`'s image first (the same file), then "
+                                                "each other parameterization compared; empty when none is")
 
 
 class FeatureVis(Analysis):
@@ -152,6 +197,7 @@ class FeatureVis(Analysis):
     name = "feature_vis"
     spec_key = "feature_vis"
     version = 2
+    uses = ("amplitude_spectrum",)      # MACO's magnitude; an analysis of its own (see amplitude_spectrum.py)
     per_layer = True
     templates = {"filter_top": "analyses/feature_vis.html"}
     FilterResult = FilterVis
@@ -159,17 +205,22 @@ class FeatureVis(Analysis):
     def _objective(self, ctx, layer) -> str:
         return ctx.spec.feature_vis.objective if len(layer.output_shape) == 3 else "channel"
 
+    def _others(self, ctx) -> list[str]:
+        """The parameterizations compared beside `param`'s, in `compare`'s order."""
+        s = ctx.spec.feature_vis
+        return [p for p in s.compare if p != s.param]
+
     def cost(self, ctx, layer):
         s = ctx.spec.feature_vis
-        return _cost(ctx, layer, self._objective(ctx, layer), len(layer.filters) * (s.variants + s.compare_plain))
+        return _cost(ctx, layer, self._objective(ctx, layer), len(layer.filters) * (s.variants + len(self._others(ctx))))
 
     def compute(self, ctx, layer):
         s = ctx.spec.feature_vis
-        out = _synthesize(ctx, layer, layer.filters, self._objective(ctx, layer), True,
+        out = _synthesize(ctx, layer, layer.filters, self._objective(ctx, layer), s.param,
                           f"synthesis {layer.name}", variants=s.variants)
-        if s.compare_plain:
-            plain = _synthesize(ctx, layer, layer.filters, self._objective(ctx, layer), False, f"plain {layer.name}")
-            out.update({f"plain_{k}": v for k, v in plain.items()})
+        for p in self._others(ctx):
+            other = _synthesize(ctx, layer, layer.filters, self._objective(ctx, layer), p, f"{p} {layer.name}")
+            out.update({f"{p}_{k}": v for k, v in other.items()})
         return out
 
     def report(self, ctx, artifacts, out):
@@ -183,18 +234,42 @@ class FeatureVis(Analysis):
 
                 def image(rel, arr=res["images"], row=n):
                     return out.image(rel, lambda: arr[row])
-                vis = {"image": image(f"{base}/f{f}_vis.png"), "activation": rounded(res["activation"][n], 4),
+                main = _rendered(out, res, "", n, s.param, f"{base}/f{f}_vis")
+                vis = {"image": main["image"], "activation": main["activation"],
                        "steps": s.steps, "size": list(image_size(ctx, layer)),
                        "objective": self._objective(ctx, layer),
                        "curve": {"steps": [int(t) + 1 for t in res["curve_steps"]],
                                  "values": [rounded(v, 4) for v in res["curve"][n]]},
                        "variants": [{"image": image(f"{base}/f{f}_vis{v}.png", row=n + v),
                                      "activation": rounded(res["activation"][n + v], 4)} for v in range(1, variants)],
-                       "plain": None}
+                       "plain": None, "param": s.param, "transparency": main["transparency"],
+                       "compare": [main] + [_rendered(out, res, f"{p}_", j, p, f"{base}/f{f}_{p}")
+                                            for p in self._others(ctx)] if s.compare else []}
                 if "plain_images" in res:
                     vis["plain"] = {"image": image(f"{base}/f{f}_plain.png", res["plain_images"], j),
                                     "activation": rounded(res["plain_activation"][j], 4)}
                 out.filter(path, f, vis)
+
+
+def _rendered(out, res: dict, prefix: str, row: int, param: str, stem: str) -> dict:
+    """The `Rendered` record of image `row` of the arrays `prefix`images etc. (figures at `stem`.png)."""
+    pixels = res[f"{prefix}images"]
+    rec = {"param": param, "image": out.image(f"{stem}.png", lambda: pixels[row]),
+           "activation": rounded(res[f"{prefix}activation"][row], 4), "transparency": None, "clipped": None,
+           "scores": {}}
+    if f"{prefix}transparency" in res:
+        tmap = res[f"{prefix}transparency"][row]
+        rec["transparency"] = {"image": out.image(f"{stem}_transparency.png", lambda: transparency_png(tmap)),
+                               "scale": rounded(tmap.max(), 4)}
+        rec["clipped"] = rounded(res[f"{prefix}clipped"][row], 4)
+    return rec
+
+
+def transparency_png(tmap: np.ndarray) -> np.ndarray:
+    """(H, W) transparency map -> (H, W, 1) uint8, 255 at its largest value (0 everywhere for an all-0 map)."""
+    top = float(tmap.max())
+    scaled = tmap / top if top > 0 else np.zeros_like(tmap)
+    return (np.clip(scaled, 0, 1) * 255).round().astype(np.uint8)[:, :, None]
 
 
 class ClassModel(BaseModel):
@@ -222,7 +297,7 @@ class ClassModels(Analysis):
         return _cost(ctx, None, "logit", len(self._classes(ctx)))
 
     def compute(self, ctx, layer):
-        return _synthesize(ctx, None, self._classes(ctx), "logit", True, "class models")
+        return _synthesize(ctx, None, self._classes(ctx), "logit", "fourier", "class models")
 
     def report(self, ctx, res, out):
         out.site([{"label": int(c), "class": ctx.model.classes[int(c)], "activation": rounded(a, 4),

@@ -9,9 +9,9 @@ parameterized), `transforms` (robustness warps), `hooks` (running the model only
 """
 
 from .objectives import OBJECTIVES, Objective
-from .param import Parameterization, fourier_image, pixel_image
+from .param import Parameterization, fourier_image, maco_image, pixel_image
 from .render import FeatureVisResult, Optimizer, synthesize
 from .transforms import RandomAffine
 
 __all__ = ["synthesize", "FeatureVisResult", "Objective", "Parameterization", "RandomAffine", "Optimizer",
-           "OBJECTIVES", "fourier_image", "pixel_image"]
+           "OBJECTIVES", "fourier_image", "pixel_image", "maco_image"]

@@ -13,6 +13,9 @@ after every optimizer step.
   spectrum's lowest frequencies: the same image, ideally low-passed and resampled.
 - `pixel_image`: raw pixels, clipped to [0, 1] after each step: the plain ascent, shown for comparison;
   at a smaller size, resampled with antialiasing.
+- `maco_image`: MACO (Fel et al., NeurIPS 2023, "Unlocking feature visualization for deeper networks with
+  magnitude constrained optimization"): only the spectrum's phase is trained; its magnitude is fixed to the
+  mean amplitude spectrum of the user's own images, so the image keeps their energy at every frequency.
 
 Every image draws its initial values from its own `torch.Generator`, so an image never depends on the
 other images of its batch. A size is (H, W), or an int for a square.
@@ -21,6 +24,9 @@ other images of its batch. A size is (H, W), or an int for a square.
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+import math
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -41,10 +47,13 @@ class ImageParam:
     image(size=None): (N, C, h, w) float pixels in [0, 1], differentiable w.r.t. `params`; (h, w) = `size`, or
         the full (H, W) when None. A smaller size shows the same image at a lower resolution.
     project(): keeps `params` valid after an optimizer step (a no-op where `image()` is valid by construction).
+    unclipped(size=None): where `image()` clips its pixels to [0, 1] (MACO), the float image before the clip;
+        None where the pixels are valid by construction.
     """
     params: list[torch.Tensor]
     image: Callable[..., torch.Tensor]
     project: Callable[[], None] = field(default=lambda: None)
+    unclipped: Callable[..., torch.Tensor] | None = None
 
 
 def _per_image_normal(generators: Sequence[torch.Generator], shape: tuple[int, ...], sd: float,
@@ -141,13 +150,74 @@ def pixel_image(generators: Sequence[torch.Generator], channels: int, size: int 
     return ImageParam([pixels], image, project)
 
 
+def maco_image(generators: Sequence[torch.Generator], amplitude, size: int | Sequence[int], *,
+               device: str | torch.device = "cpu") -> ImageParam:
+    """Images whose rfft2 magnitude is `amplitude` and whose phase alone is trained (MACO).
+
+    amplitude: (C, H, W//2+1) the mean |rfft2| (numpy's default norm) of the dataset's images at the synthesis
+        size (H, W), in [0, 1] pixel space, per input channel (`amplitude_spectrum.mean_amplitude`).
+    generators: one per image; the phases start uniformly random in [-pi, pi) (a natural-looking random image;
+        a near-constant start would stack every frequency into one bright dot).
+
+    The image is irfft2(amplitude · e^(i·phase)) itself, with no squashing or standardization, so its
+    amplitude spectrum is exactly `amplitude` (up to float rounding) at every step. The bins that must be real
+    for a real image (the DC term, and the Nyquist row/column of an even side) keep phase 0: the DC term makes
+    the image's mean brightness, per channel, the dataset's mean brightness; in the first column (and the
+    Nyquist one) the trained phase is made odd, phase(-k) = -phase(k), which a real image's spectrum needs.
+    Colour channels have independent phases (no colour decorrelation: the magnitude is per input channel).
+
+    Pixels out of [0, 1]: `unclipped()` is the image with the exact spectrum; `image()`, what the model sees
+    and the page shows, clips it to [0, 1], which changes the spectrum by as much as pixels lie outside (the
+    loop reports that share as `clipped`). At a smaller size (coarse to fine) the image is low-passed to the
+    smaller grid's frequencies, as `fourier_image` does.
+    """
+    h, w = hw(size)
+    amp = torch.as_tensor(np.asarray(amplitude), dtype=torch.float32)
+    if amp.dim() != 3 or tuple(amp.shape[1:]) != (h, w // 2 + 1):
+        raise ValueError(f"amplitude of shape {tuple(amp.shape)} is not the (C, {h}, {w // 2 + 1}) rfft2 "
+                         f"magnitude of a {h}x{w} image")
+    channels = amp.shape[0]
+    amp = amp.to(device)
+    draws = torch.stack([torch.rand((channels, h, w // 2 + 1), generator=g) for g in generators])
+    phase = ((draws * 2 - 1) * math.pi).to(device).requires_grad_(True)         # (N, C, H, W//2+1)
+
+    def unclipped(size: int | Sequence[int] | None = None) -> torch.Tensor:
+        out = hw(size) if size is not None else (h, w)
+        # numpy's norm = 1/(H W) on the inverse, written as "ortho" twice so `low_frequencies` applies as is
+        coeffs = torch.polar(amp.expand_as(phase), real_phase(phase, w)) / math.sqrt(h * w)
+        if out != (h, w):
+            coeffs = low_frequencies(coeffs, (h, w), out)
+        return torch.fft.irfft2(coeffs, s=out, norm="ortho")                   # (N, C, h, w)
+
+    return ImageParam([phase], lambda size=None: unclipped(size).clamp(0.0, 1.0), unclipped=unclipped)
+
+
+def _mirror_rows(x: torch.Tensor) -> torch.Tensor:
+    """x[..., k] -> x[..., (-k) mod H]: the frequency -k at the place of k, along the last axis."""
+    return torch.roll(torch.flip(x, [-1]), 1, -1)
+
+
+def real_phase(phase: torch.Tensor, width: int) -> torch.Tensor:
+    """(..., H, W//2+1) phases made those of a real (H, width) image's rfft2: odd along the columns an rfft2
+    holds both signs of (the first, and the last for an even width), (phase(k) - phase(-k)) / 2, which is 0
+    on the self-conjugate bins (DC, Nyquist). Other columns are free."""
+    out = phase.clone()
+    for col in (0, width // 2) if width % 2 == 0 else (0,):
+        column = phase[..., :, col]
+        out[..., :, col] = (column - _mirror_rows(column)) / 2
+    return out
+
+
 @dataclass(frozen=True)
 class Parameterization:
     """How images are written and fed to the model: `channels` × H × W pixels in [0, 1], `size` = (H, W) or
     an int for a square (`hw` is always the pair).
 
     fourier: True = `fourier_image` (with `decorrelate`d colours), False = `pixel_image` (plain ascent).
-    sd: spread of the random initial parameters.
+    amplitude: (channels, H, W//2+1) the dataset's mean amplitude spectrum at `size`: given, the images are
+        `maco_image` (`fourier` and `decorrelate` then play no part). Left out of equality and hashing; a cache
+        key must hash its bytes (asdict would hold the whole array).
+    sd: spread of the random initial parameters (not MACO's, whose phases start uniformly random).
     mean, std: the model's input normalization, one value per channel; stored as tuples.
     """
     channels: int
@@ -157,6 +227,7 @@ class Parameterization:
     fourier: bool = True
     decorrelate: bool = True
     sd: float = 0.01
+    amplitude: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
         if not isinstance(self.size, int):
@@ -173,6 +244,11 @@ class Parameterization:
                                     f"got {len(self.mean)} and {len(self.std)}.")
         if any(s <= 0 for s in self.std):
             raise SpecError("std", f"std values must be positive; got {list(self.std)!r}.")
+        if self.amplitude is not None:
+            h, w = self.hw
+            if np.shape(self.amplitude) != (self.channels, h, w // 2 + 1):
+                raise SpecError("amplitude", f"must be the (channels, H, W//2+1) = ({self.channels}, {h}, "
+                                             f"{w // 2 + 1}) rfft2 magnitude; got {np.shape(self.amplitude)}.")
 
     @property
     def hw(self) -> tuple[int, int]:
@@ -180,6 +256,8 @@ class Parameterization:
 
     def images(self, generators: Sequence[torch.Generator], device: str | torch.device = "cpu") -> ImageParam:
         """One image per generator, its initial values drawn from that generator only."""
+        if self.amplitude is not None:
+            return maco_image(generators, self.amplitude, self.size, device=device)
         if self.fourier:
             return fourier_image(generators, self.channels, self.size, sd=self.sd, decorrelate=self.decorrelate,
                                  device=device)

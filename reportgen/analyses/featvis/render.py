@@ -27,6 +27,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from reportgen.errors import ModelError, SpecError
@@ -87,11 +88,19 @@ class FeatureVisResult:
     curve: (N, steps) the objective at each step, on the image the step optimized (warped but in the settling
         steps; at the step's size; in the steps' precision).
     units: (N,) the unit (channel or class) each image is for.
+    transparency: (N, H, W) float32, MACO's transparency map: the absolute gradient of each step's loss (the
+        objective, and the diversity term with variants) w.r.t. the image's pixels, summed over channels and
+        steps; a coarse step's map is resampled to (H, W) and weighted by its share of the pixels. High where
+        the pixels mattered to the objective, low where they could have been anything.
+    clipped: (N,) the share of the final image's pixel values that its parameterization clipped to [0, 1]
+        (MACO's, whose exact-spectrum image can leave it; 0 for the others).
     """
     images: np.ndarray
     activation: np.ndarray
     curve: np.ndarray
     units: np.ndarray
+    transparency: np.ndarray
+    clipped: np.ndarray
 
 
 def image_seed(seed: int, unit: int, variant: int) -> int:
@@ -141,7 +150,7 @@ def synthesize(model: nn.Module, objective: Objective, param: Parameterization,
     std_t = torch.tensor(param.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
     # A zero-image entry keeps the concatenations below valid when there are no units.
     done = [(np.zeros((0, *param.hw, param.channels), np.uint8), torch.zeros(0),
-             torch.zeros(0, optimizer.steps))]
+             torch.zeros(0, optimizer.steps), torch.zeros(0, *param.hw), torch.zeros(0))]
     with frozen(model), truncated_model(model, objective.layer) as truncated:
         for start in range(0, len(per_image), chunk_len):
             chunk = per_image[start:start + chunk_len]
@@ -173,22 +182,30 @@ def synthesize(model: nn.Module, objective: Objective, param: Parameterization,
     return FeatureVisResult(images=np.concatenate([d[0] for d in done]),
                             activation=torch.cat([d[1] for d in done]).numpy(),
                             curve=torch.cat([d[2] for d in done]).numpy(),
-                            units=np.array([u for u, _ in per_image], dtype=np.int64))
+                            units=np.array([u for u, _ in per_image], dtype=np.int64),
+                            transparency=torch.cat([d[3] for d in done]).numpy(),
+                            clipped=torch.cat([d[4] for d in done]).numpy())
 
 
 def _optimize(param: ImageParam, forward: Callable[[torch.Tensor, bool], torch.Tensor],
               ascend: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], optimizer: Optimizer,
               full: tuple[int, int], on_step: Callable[[], None] | None,
-              device_type: str) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
-    """Adam on one chunk's images -> (images (n, H, W, C) uint8, final values (n,), curve (n, steps))."""
+              device_type: str) -> tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Adam on one chunk's images -> (images (n, H, W, C) uint8, final values (n,), curve (n, steps),
+    transparency (n, H, W), clipped (n,)), as in `FeatureVisResult`."""
     adam = torch.optim.Adam(param.params, lr=optimizer.lr)
     curve = []
+    transparency = 0.0
     warped_steps = optimizer.steps - round(optimizer.steps * optimizer.settle)
     for step in range(optimizer.steps):
         adam.zero_grad(set_to_none=True)
+        size = optimizer.size_at(step, full)
+        pixels = param.image(size)                                   # (n, C, h, w)
+        pixels.retain_grad()
         with torch.autocast(device_type, dtype=optimizer.autocast, enabled=optimizer.autocast is not None):
-            values, loss = ascend(forward(param.image(optimizer.size_at(step, full)), step < warped_steps))
+            values, loss = ascend(forward(pixels, step < warped_steps))
         loss.backward()
+        transparency = transparency + _full_size(pixels.grad.detach().float().abs().sum(1, keepdim=True), full)
         adam.step()
         param.project()
         curve.append(values.detach())
@@ -197,7 +214,19 @@ def _optimize(param: ImageParam, forward: Callable[[torch.Tensor, bool], torch.T
     with torch.no_grad():
         shown = torch.round(param.image() * 255) / 255          # exactly the returned uint8 image
         final, _ = ascend(forward(shown, False))                 # float32, whatever the steps computed in
-    return _to_uint8(shown), final.float().cpu(), torch.stack(curve, dim=1).float().cpu()
+        raw = param.unclipped() if param.unclipped is not None else shown
+        clipped = ((raw < 0) | (raw > 1)).float().mean(dim=(1, 2, 3))
+    return (_to_uint8(shown), final.float().cpu(), torch.stack(curve, dim=1).float().cpu(),
+            transparency[:, 0].cpu(), clipped.cpu())
+
+
+def _full_size(grad: torch.Tensor, full: tuple[int, int]) -> torch.Tensor:
+    """(n, 1, h, w) per-pixel gradient of a coarse step -> (n, 1, H, W): resampled, and scaled by h w / (H W) so
+    a region's total is the same at every size (a coarse pixel stands for several full ones)."""
+    if tuple(grad.shape[-2:]) == tuple(full):
+        return grad
+    area = grad.shape[-2] * grad.shape[-1] / (full[0] * full[1])
+    return F.interpolate(grad, size=full, mode="bilinear", align_corners=False) * area
 
 
 def _to_uint8(pixels: torch.Tensor) -> np.ndarray:
