@@ -239,3 +239,16 @@ def test_the_maco_page_is_valid_html(maco_site):
     checked, found = nu_check([page])
     assert checked == {page} and not any(found.values()), found
 
+
+
+@pytest.mark.parametrize("old, new, key, message", [
+    ("param: maco", "param: pixel", "feature_vis.param", "Input should be 'fourier' or 'maco'"),
+    ("compare: [fourier, maco, plain]", "compare: [maco, plain, maco]", "feature_vis",
+     "compare lists a parameterization twice: ['maco', 'plain', 'maco']"),
+])
+def test_spec_errors(tmp_path, old, new, key, message):
+    spec = write_spec(tmp_path)
+    spec.write_text(spec.read_text().replace(old, new))
+    with pytest.raises(SpecError) as info:
+        load_spec(spec)
+    assert (info.value.key, info.value.message) == (key, message)
