@@ -200,11 +200,13 @@ class GuidedImage(BaseModel):
 
 
 class GuidedBackprop(Analysis):
-    """Guided backprop of each spec filter's strongest unit on its top images (Springenberg et al.); the
-    layer's part says which activations between the input and the layer were guided."""
+    """Guided backprop of each spec filter's strongest unit on its top images (Springenberg et al.), the unit
+    the dataset pass found, computed on a crop of the image holding its receptive field where that gives the
+    same map (`attribution.guided_backprop_unit_crops`); the layer's part says which activations between the
+    input and the layer were guided."""
     name = "guided_backprop"
     spec_key = "attribution"
-    version = 3
+    version = 4
     per_layer = True
     templates = {"filter": "analyses/guided_backprop.html"}
     FilterResult = list[GuidedImage]
@@ -218,16 +220,26 @@ class GuidedBackprop(Analysis):
 
     def cost(self, ctx, layer):
         n = self.TOP * len(layer.filters)
-        return Work(backward=n, batch=self.TOP, loads=n, layer=layer.path)
+        size = at.unit_crop_size(ctx.receptive_fields.get(layer.path))      # None: the whole image
+        return Work(backward=n, batch=self.TOP, loads=n, layer=layer.path, size=size)
 
     def compute(self, ctx, layer):
-        top = ctx.evidence.layers[layer.path].top.index
-        first = top[:1, layer.filters[0]].tolist() if layer.filters else ctx.indices[:1].tolist()
+        top = ctx.evidence.layers[layer.path].top
+        first = top.index[:1, layer.filters[0]].tolist() if layer.filters else ctx.indices[:1].tolist()
         out = {"meta": {"activations": at.activation_census(ctx.model.module, ctx.batch(first), layer.path)}}
+        field = ctx.receptive_fields.get(layer.path)
+        field = field if at.unit_crop_size(field) else None                 # None: the whole image
         for f in layer.filters:
-            idx = top[:self.TOP, f].tolist()
+            idx = top.index[:self.TOP, f].tolist()
+            units = np.stack(np.divmod(top.loc[:self.TOP, f], layer.output_shape[2]), 1)    # (k, 2): y, x
+            maps, cropped = at.guided_backprop_unit_crops(ctx.model.module, ctx.batch(idx), layer.path, f, units,
+                                                          top.scores[:self.TOP, f], field)
+            if field is not None and not cropped.all():
+                ctx.log(f"guided backprop of {layer.name}: a crop of filter {f}'s receptive field changed its "
+                        "unit's value (a global op on the way?); the whole image for the rest of the layer")
+                field = None
             out[f"index_{f}"] = np.array(idx, np.int64)
-            out[f"maps_{f}"] = at.guided_backprop_unit(ctx.model.module, ctx.batch(idx), layer.path, f)
+            out[f"maps_{f}"] = maps
         return out
 
     def report(self, ctx, artifacts, out):

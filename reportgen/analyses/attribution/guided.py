@@ -37,8 +37,10 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ...errors import ModelError
+from ...graph.receptive import ReceptiveField
 from ...hooks import run_until
 from ._common import channel_max_abs, check_batch, check_input, class_scores, input_leaf
+from .crops import unit_crop_size, unit_crops
 from .gradcam import layer_cam, upsample
 
 _T = torch.Tensor
@@ -69,6 +71,7 @@ _OUT_OF_PLACE = {torch.relu_: torch.relu, _T.relu_: torch.relu, F.leaky_relu_: t
                  F.elu_: torch._C._nn.elu, torch.selu_: torch.selu, torch.celu_: torch.celu}
 _SIGNATURE = {fn: inspect.signature(fn) for fn in _KIND if inspect.isfunction(fn)}
 
+CROP_RTOL = 1e-3   # a unit's value on its crop vs the pass's: well above float32 reordering (~1e-6), below a global op
 Census = dict[str, dict[str, int]]   # {"guided": {kind: calls}, "gradient": {kind: calls}}
 
 
@@ -202,23 +205,98 @@ def guided_grad_cam(model: nn.Module, x: torch.Tensor, target: torch.Tensor, lay
     return channel_max_abs(grad * cam)
 
 
+def _filter_map(model: nn.Module, layer: str, channel: int, x: torch.Tensor) -> torch.Tensor:
+    """Filter `channel`'s output at module path `layer` on x (the forward stops there): (B, h, w), or (B, 1, 1)
+    for a (B, K) output."""
+    act = run_until(model, layer, x)
+    if act.dim() not in (2, 4):
+        raise ModelError(f"layer {layer!r} must give a (B, C, H, W) or (B, C) output, not {tuple(act.shape)}")
+    if not 0 <= channel < act.shape[1]:
+        raise ModelError(f"filter {channel} is out of range: {layer!r} has {act.shape[1]} channels")
+    return act[:, channel] if act.dim() == 4 else act[:, channel, None, None]
+
+
 def guided_backprop_unit(model: nn.Module, x: torch.Tensor, layer: str, channel: int) -> np.ndarray:
     """Guided backprop of the strongest unit of filter `channel` at module path `layer`, per image.
 
     x: (B, C, H, W) normalized input. The unit is the argmax over positions of the layer's output
     (B, K, h, w) at `channel` (first position on ties); a (B, K) output has one unit per channel.
     Returns float32 (B, H, W), max |gradient| over colour channels. A filter that is zero
-    everywhere behind a ReLU gives a zero map.
+    everywhere behind a ReLU gives a zero map. The reference for `guided_backprop_unit_crops`.
     """
     check_input(x)
 
     def unit_score(xx: torch.Tensor) -> torch.Tensor:
-        act = run_until(model, layer, xx)                                  # the forward stops at `layer`
-        if act.dim() not in (2, 4):
-            raise ModelError(f"layer {layer!r} must give a (B, C, H, W) or (B, C) output, not {tuple(act.shape)}")
-        if not 0 <= channel < act.shape[1]:
-            raise ModelError(f"filter {channel} is out of range: {layer!r} has {act.shape[1]} channels")
-        units = act[:, channel].reshape(len(act), -1)                     # (B, h·w) or (B, 1)
+        units = _filter_map(model, layer, channel, xx).flatten(1)         # (B, h·w)
         return units.gather(1, units.argmax(dim=1, keepdim=True)).sum()
 
     return channel_max_abs(guided_gradient(model, x, unit_score))
+
+
+def _units_gradient(model: nn.Module, x: torch.Tensor, layer: str, channel: int,
+                    units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Guided backprop of unit units[b] = (y, x) of filter `channel` at `layer` for each image of x (B, C, H, W):
+    maps float32 (B, H, W) (max |gradient| over colour channels) and the units' values float32 (B,), NaN for a
+    unit outside the layer's output (its map is zero)."""
+    values = []
+
+    def score(xx: torch.Tensor) -> torch.Tensor:
+        fmap = _filter_map(model, layer, channel, xx)                     # (B, h, w)
+        inside = torch.as_tensor(((units >= 0) & (units < fmap.shape[1:])).all(1), device=fmap.device)
+        ys, xs = (torch.as_tensor(units[:, i], device=fmap.device) for i in (0, 1))
+        v = fmap[torch.arange(len(fmap), device=fmap.device), ys.clamp(0, fmap.shape[1] - 1),
+                 xs.clamp(0, fmap.shape[2] - 1)]                          # (B,)
+        v = torch.where(inside, v, torch.nan)
+        values.append(v.detach().float().cpu().numpy())
+        return v[inside].sum()
+
+    maps = channel_max_abs(guided_gradient(model, x, score))
+    return maps, values[0]
+
+
+def guided_backprop_unit_crops(model: nn.Module, x: torch.Tensor, layer: str, channel: int, units: np.ndarray,
+                               values: np.ndarray, field: ReceptiveField | None) -> tuple[np.ndarray, np.ndarray]:
+    """Guided backprop of one given unit of filter `channel` at `layer` per image, each computed on a crop of
+    the image holding the unit's receptive field (crops.py says how and why it is exact), pasted into a zero
+    map: `guided_backprop_unit`'s maps for the same units, at the cost of the crop. The gradient of a unit is
+    zero outside its receptive field, so nothing is lost.
+
+    x: (B, C, H, W) normalized input; units: (B, 2) int (y, x) in the layer's output, the dataset pass's
+    strongest unit (`StreamingTopK.loc`, whose ties it resolved); values: (B,) those units' values in the pass
+    (`StreamingTopK.scores`); field: the layer's receptive field for (H, W) inputs, or None.
+    Verified: a crop whose forward gives another value for its unit (relative `CROP_RTOL` of the batch's
+    largest |value|: a global op on the way, such as squeeze-excitation, attention or a global mean) is
+    computed again on the whole image; so is every image when the layer has no crops (`crops.unit_crop_size`
+    is None). Returns float32 maps (B, H, W), max |gradient| over colour channels, and cropped (B,) bool:
+    which maps came from a crop.
+    """
+    check_input(x)
+    units = np.asarray(units, np.int64).reshape(-1, 2)
+    values = np.asarray(values, np.float32).reshape(-1)
+    if not len(units) == len(values) == len(x):
+        raise ValueError(f"units ({len(units)}, 2) and values ({len(values)},) need one row per image of x "
+                         f"({len(x)})")
+    if field is not None and tuple(field.input_size) != tuple(x.shape[-2:]):
+        raise ValueError(f"the receptive field is for {tuple(field.input_size)} inputs, x is {tuple(x.shape[-2:])}")
+    maps = np.zeros((len(x), *x.shape[-2:]), np.float32)
+    cropped = np.zeros(len(x), bool)
+    size = unit_crop_size(field)
+    if size is not None:
+        windows = unit_crops(field, units, size)                          # (B, 4): y0, x0, y1, x1
+        stride = np.array([int(s) for s in field.stride])
+        shapes = windows[:, 2:] - windows[:, :2]
+        for shape in np.unique(shapes, axis=0):                          # same-size crops run as one batch
+            group = np.flatnonzero((shapes == shape).all(1))
+            crops = torch.stack([x[b, :, y0:y1, x0:x1]
+                                 for b, (y0, x0, y1, x1) in zip(group, windows[group].tolist())])
+            local = units[group] - windows[group, :2] // stride            # the unit in the crop's output
+            part, got = _units_gradient(model, crops, layer, channel, local)
+            same = np.isclose(got, values[group], rtol=CROP_RTOL, atol=CROP_RTOL * np.abs(values).max())
+            for b, m, ok in zip(group, part, same):
+                y0, x0, y1, x1 = windows[b].tolist()
+                maps[b, y0:y1, x0:x1], cropped[b] = m, ok
+    rest = np.flatnonzero(~cropped)
+    if len(rest):
+        maps[rest] = _units_gradient(model, x[torch.as_tensor(rest, device=x.device)], layer, channel,
+                                     units[rest])[0]
+    return maps, cropped
