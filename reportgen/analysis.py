@@ -149,6 +149,10 @@ class Analysis:
         """Whether the spec asks for this analysis (on `layer`); one not asked for is not "absent"."""
         return bool(getattr(self.settings(ctx), "enabled", True))
 
+    def turned_off(self, ctx: Context) -> str:
+        """Why the report lacks this analysis when `enabled` is false: the spec key that turned it off."""
+        return f"turned off in the spec ({self.spec_key}.enabled: false)"
+
     def prepare(self, ctx: Context) -> None:
         """Before the dataset pass: may add to `ctx.layers` what the analysis needs recorded."""
 
@@ -221,7 +225,7 @@ def check_analyses(ctx: Context, analyses: list[Analysis]) -> dict[str, Outcome]
     ctx.outcomes = outcomes
     for a in ordered(analyses):
         o = outcomes[a.name] = Outcome(a)
-        o.absent = (None if a.enabled(ctx) else f"turned off in the spec ({a.spec_key}.enabled: false)") \
+        o.absent = (None if a.enabled(ctx) else a.turned_off(ctx)) \
             or next((f"needs {r}, which cannot run" for r in a.requires if outcomes[r].absent), None) \
             or a.applies(ctx)
         if o.absent is None and a.per_layer:

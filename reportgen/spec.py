@@ -229,6 +229,13 @@ class EmbeddingSpec(_Section):
         "of t-SNE on one core and a 2.1 MB page, the exact neighbour search growing with the square"))
 
 
+class AttributionTrustSpec(_Section):
+    enabled: bool = True
+    steps: int = Field(16, ge=2, le=256, description="points of each curve beyond the first: a share 1/steps of "
+                                                     "the pixels is removed (or inserted) per step")
+    random_orders: int = Field(3, ge=1, le=32, description="seeded random pixel orders averaged into the baseline")
+
+
 class AttributionSpec(_Section):
     enabled: bool = True
     images: int | list[int] = Field(8, description="how many sample images, or a list of dataset indices")
@@ -248,6 +255,18 @@ class AttributionSpec(_Section):
     stride: int = Field(0, ge=0, description="occlusion stride; 0 = half the window")
     layer: str | None = None
     sanity_check: bool = True
+    trust: AttributionTrustSpec = Field(default_factory=AttributionTrustSpec, description=(
+        "deletion and insertion curves of every map against a random pixel order (Petsiuk et al. 2018); "
+        "`true`/`false` is short for {enabled: …}"))
+
+    @field_validator("trust", mode="before")
+    @classmethod
+    def _trust(cls, v):
+        if isinstance(v, bool):
+            return {"enabled": v}
+        if not isinstance(v, dict | AttributionTrustSpec):
+            raise ValueError(f"{v!r}: give true, false or a mapping like {{steps: 16, random_orders: 3}}")
+        return v
 
 
 class AccuracySpec(_Section):

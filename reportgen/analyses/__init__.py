@@ -8,11 +8,13 @@ their sections appear in this order. Math they share lives in the subpackages an
 from .accuracy import Accuracy
 from .amplitude_spectrum import AmplitudeSpectrum
 from .attribution_maps import AttributionMaps, GuidedBackprop
+from .attribution_trust import AttributionTrust
 from .circuits import Circuits, FirstLayerFilters
 from .explorer import LayerExplorer, OverviewExplorer
 from .feature_vis import ClassModels, FeatureVis
 
 ANALYSES = [Accuracy(), AmplitudeSpectrum(), FeatureVis(), FirstLayerFilters(), ClassModels(), Circuits(),
-            GuidedBackprop(), LayerExplorer(), OverviewExplorer(), AttributionMaps()]
+            GuidedBackprop(), LayerExplorer(), OverviewExplorer(), AttributionMaps(),
+            AttributionTrust()]
 
 __all__ = ["ANALYSES"]

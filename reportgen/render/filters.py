@@ -22,12 +22,15 @@ def pct(value) -> str:
     return fmt(100 * float(value), 3) + "%"
 
 
-def polyline(values: list[float], width: float = 100, height: float = 40) -> str:
-    """SVG polyline points of `values` over a width × height box (y grows downwards; 1 unit margin).
-    Hand-written SVG rather than a matplotlib figure: a 48-point sparkline as text costs nothing."""
+def polyline(values: list[float], width: float = 100, height: float = 40, lo: float | None = None,
+             hi: float | None = None) -> str:
+    """SVG polyline points of `values` over a width × height box (y grows downwards; 1 unit margin), the y range
+    lo..hi (default: the values' own, so two curves drawn on one scale pass both). Hand-written SVG rather than
+    a matplotlib figure: a 48-point sparkline as text costs nothing."""
     if not values:
         return ""
-    lo, hi = min(values), max(values)
+    lo = min(values) if lo is None else lo
+    hi = max(values) if hi is None else hi
     span = (hi - lo) or 1.0
     last = max(len(values) - 1, 1)
     return " ".join(f"{width * i / last:.1f},{height - (height - 2) * (v - lo) / span:.1f}"
