@@ -151,12 +151,12 @@ def numpy_order(values: np.ndarray, seed: int, index: int, random_orders: int):
 
 
 def numpy_curves(model, image: np.ndarray, order: np.ndarray, steps: int, target: int):
-    """(deletion, insertion) probabilities: pixels of `order` set to 0 (normalized), or put back into the image
-    blurred by scipy (mirror borders, radius 2σ)."""
+    """(deletion, insertion) probabilities: pixels of `order` taken from the image blurred by scipy (mirror
+    borders, radius 2σ), or put back into it."""
     x = normalized(image)
     canvas = gaussian_filter(x, 28 / 16, mode="mirror", truncate=2.0)
     rows = []
-    for start, end in ((x, np.zeros_like(x)), (canvas, x)):
+    for start, end in ((x, canvas), (canvas, x)):
         for k in range(steps + 1):
             img = start.copy().ravel()
             take = order[:k * x.size // steps]

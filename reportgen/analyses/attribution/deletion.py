@@ -2,8 +2,9 @@
 Black-box Models", section 4.2): does removing the pixels a map ranks first take the decision away faster
 than removing pixels at random, and does inserting them first bring it back faster?
 
-- deletion: the image, with the top `counts[k]` pixels of `order` set to `fill` (every channel), k = 0..steps;
-- insertion: `canvas` (a blurred copy of the image), with the top `counts[k]` pixels of `order` put back.
+- deletion: the image, with the top `counts[k]` pixels of `order` (every channel) taken from a baseline image
+  (here a blurred copy), k = 0..steps;
+- insertion: the baseline, with the top `counts[k]` pixels of `order` put back.
 
 Each curve is the model's softmax probability of the target class at each step, against the share of pixels
 changed; its area (trapezoid rule over that share, in [0, 1]) is small for a good deletion order and large for
