@@ -133,8 +133,11 @@ class Analysis:
     version: ClassVar[int] = 1
     requires: ClassVar[tuple[str, ...]] = ()    # must run first; skipped if one of them is skipped
     uses: ClassVar[tuple[str, ...]] = ()        # run first when registered; their data is shown when present
+    key_excludes: ClassVar[tuple[str, ...]] = ()   # fields of its spec section its result does not depend on
     per_layer: ClassVar[bool] = False
-    # place → template: "overview", "layer", "filter_top" (above the filter's top images) or "filter"
+    # place → template: "overview", "layer", "filter_top" (above the filter's top images), "filter", or "grid"
+    # (a line under each filter of the layer page's grid; `part` is the filter's result), "attribution" (the
+    # attribution page, under the maps)
     templates: ClassVar[dict[str, str]] = {}
     template_folder: ClassVar[str | None] = None   # where `templates` are, for an analysis outside the package
     SiteResult: ClassVar[type[BaseModel] | None] = None
@@ -312,7 +315,8 @@ def analysis_costs(ctx: Context, outcomes: dict[str, Outcome]) -> dict[tuple[str
 def result_key(ctx: Context, a: Analysis, layer: Layer | None) -> str:
     """The cache key of `a`'s result (on `layer`)."""
     settings = a.settings(ctx)
-    return ctx.key(a.name, a.version, settings.model_dump(mode="json") if settings is not None else None,
+    dumped = settings.model_dump(mode="json", exclude=set(a.key_excludes)) if settings is not None else None
+    return ctx.key(a.name, a.version, dumped,
                    ctx.evidence_key, ctx.spec.seed, a.key_parts(ctx), (layer.path, layer.filters) if layer else None,
                    _upstream_keys(ctx, a, layer))
 

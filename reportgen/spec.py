@@ -274,6 +274,12 @@ class AccuracySpec(_Section):
     confusions: int = Field(10, ge=0, le=1000, description="the most confused pairs (true → predicted) listed")
 
 
+class TrustSpec(_Section):
+    enabled: bool = True
+    natural: int = Field(9, ge=2, le=100, description="top natural images of each filter its synthesized image is "
+                                                       "compared with (at most record.top_k are recorded)")
+
+
 class Spec(_Section):
     title: str = "reportgen report"
     seed: int = 0
@@ -288,6 +294,7 @@ class Spec(_Section):
     embedding: EmbeddingSpec = Field(default_factory=EmbeddingSpec)
     attribution: AttributionSpec = Field(default_factory=AttributionSpec)
     accuracy: AccuracySpec = Field(default_factory=AccuracySpec)
+    trust: TrustSpec = Field(default_factory=TrustSpec)
     # set by the loader, not by users
     spec_path: Path | None = Field(None, exclude=True)   # the spec's directory
     spec_file: Path | None = Field(None, exclude=True)

@@ -277,3 +277,25 @@ def test_the_cache_key_follows_what_the_model_is_fed(tmp_path):
         lines = []
         build(load_spec(tmp_path / "spec.yaml"), progress=False, log=lines.append)
         assert "record" in lines[-1].split("computed: ")[1], (change, lines[-1])
+
+
+def test_a_key_excluded_from_an_analysis_leaves_its_cache_key_alone(tmp_path):
+    """attribution.trust scores the maps: changing it re-keys attribution_trust only, not the maps it reads."""
+    from reportgen.analysis import result_key
+
+    spec = _spec(tmp_path)
+    spec.attribution.enabled = True
+    ctx = prepare(spec, log=lambda *_: None)
+    by_name = {a.name: a for a in ANALYSES}
+    check_analyses(ctx, ANALYSES)
+    ctx.evidence_key = "pass"
+    layer = ctx.layers[0]
+    before = {n: result_key(ctx, by_name[n], layer if by_name[n].per_layer else None)
+              for n in ("attribution", "guided_backprop", "attribution_trust")}
+    ctx.spec.attribution.trust.steps += 1
+    after = {n: result_key(ctx, by_name[n], layer if by_name[n].per_layer else None) for n in before}
+    assert after["attribution"] == before["attribution"] and after["guided_backprop"] == before["guided_backprop"]
+    assert after["attribution_trust"] != before["attribution_trust"]
+    ctx.spec.attribution.images += 1                 # the maps' own settings still re-key them, and their reader
+    again = {n: result_key(ctx, by_name[n], layer if by_name[n].per_layer else None) for n in before}
+    assert again["attribution"] != after["attribution"] and again["attribution_trust"] != after["attribution_trust"]

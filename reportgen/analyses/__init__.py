@@ -12,8 +12,9 @@ from .attribution_trust import AttributionTrust
 from .circuits import Circuits, FirstLayerFilters
 from .explorer import LayerExplorer, OverviewExplorer
 from .feature_vis import ClassModels, FeatureVis
+from .trust import Trust
 
-ANALYSES = [Accuracy(), AmplitudeSpectrum(), FeatureVis(), FirstLayerFilters(), ClassModels(), Circuits(),
+ANALYSES = [Accuracy(), AmplitudeSpectrum(), FeatureVis(), Trust(), FirstLayerFilters(), ClassModels(), Circuits(),
             GuidedBackprop(), LayerExplorer(), OverviewExplorer(), AttributionMaps(),
             AttributionTrust()]
 

@@ -96,6 +96,7 @@ BACKWARDS = {"saliency": 1, "gradcam": 1, "guided_backprop": 1, "guided_gradcam"
 
 class AttributionMaps(Analysis):
     name = "attribution"
+    key_excludes = ("trust",)    # attribution.trust scores the maps (attribution_trust): not part of them
     spec_key = "attribution"
     version = 3
     SiteResult = Attribution
@@ -205,6 +206,7 @@ class GuidedBackprop(Analysis):
     same map (`attribution.guided_backprop_unit_crops`); the layer's part says which activations between the
     input and the layer were guided."""
     name = "guided_backprop"
+    key_excludes = ("trust",)    # attribution.trust scores the maps (attribution_trust): not part of them
     spec_key = "attribution"
     version = 4
     per_layer = True

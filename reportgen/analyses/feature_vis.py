@@ -173,8 +173,6 @@ class Rendered(BaseModel):
     transparency: Transparency | None = Field(description="MACO's transparency map (None for the others)")
     clipped: float | None = Field(description="MACO: share of the exact-spectrum image's pixel values clipped to "
                                               "[0, 1] (None for the others)")
-    scores: dict[str, float | None] = Field(description="trust scores of this image by name (e.g. naturalness), "
-                                                        "filled by the analyses that compute them")
 
 
 class FilterVis(BaseModel):
@@ -255,8 +253,7 @@ def _rendered(out, res: dict, prefix: str, row: int, param: str, stem: str) -> d
     """The `Rendered` record of image `row` of the arrays `prefix`images etc. (figures at `stem`.png)."""
     pixels = res[f"{prefix}images"]
     rec = {"param": param, "image": out.image(f"{stem}.png", lambda: pixels[row]),
-           "activation": rounded(res[f"{prefix}activation"][row], 4), "transparency": None, "clipped": None,
-           "scores": {}}
+           "activation": rounded(res[f"{prefix}activation"][row], 4), "transparency": None, "clipped": None}
     if f"{prefix}transparency" in res:
         tmap = res[f"{prefix}transparency"][row]
         rec["transparency"] = {"image": out.image(f"{stem}_transparency.png", lambda: transparency_png(tmap)),
