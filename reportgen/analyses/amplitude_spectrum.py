@@ -87,6 +87,11 @@ class AmplitudeSpectrum(Analysis):
         s = ctx.spec.feature_vis
         return s.enabled and "maco" in (s.param, *s.compare)
 
+    def turned_off(self, ctx) -> str:
+        if not ctx.spec.feature_vis.enabled:
+            return super().turned_off(ctx)
+        return "only MACO needs it: feature_vis.param is not maco and feature_vis.compare lists no maco"
+
     def _sizes(self, ctx) -> list[tuple[int, int]]:
         from .feature_vis import image_size   # here: feature_vis imports this module
         return sorted({tuple(image_size(ctx, layer)) for layer in ctx.layers})

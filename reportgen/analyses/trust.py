@@ -193,7 +193,7 @@ class FilterTrust(Scores):
 
 
 class Quantiles(BaseModel):
-    values: int
+    count: int                       # filters measured
     min: float
     q25: float
     median: float
@@ -409,7 +409,7 @@ def _layer_summary(records: dict, meta: dict) -> dict:
         values = np.array([v for r in records.values() if (v := get(r)) is not None], np.float64)
         if len(values):
             q = np.quantile(values, [0, 0.25, 0.5, 0.75, 1])
-            distribution[name] = {"values": len(values)} | {k: rounded(float(v), 4) for k, v in
+            distribution[name] = {"count": len(values)} | {k: rounded(float(v), 4) for k, v in
                                                             zip(("min", "q25", "median", "q75", "max"), q)}
     unmeasured = {}
     if not meta["path"]:
