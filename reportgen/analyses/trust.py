@@ -242,8 +242,13 @@ class Trust(Analysis):
     LayerResult = LayerTrust
 
     def applies(self, ctx, layer=None):
-        if layer is not None and not layer.filters:
+        if layer is None:
+            return None
+        if not layer.filters:
             return "no filters"
+        vis = ctx.outcomes.get("feature_vis")
+        if vis is not None and layer.path in vis.layers_absent:
+            return "no synthesized images on this layer to score"
         return None
 
     def cost(self, ctx, layer):
