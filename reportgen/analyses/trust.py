@@ -241,6 +241,14 @@ class Trust(Analysis):
     FilterResult = FilterTrust
     LayerResult = LayerTrust
 
+    def enabled(self, ctx, layer=None) -> bool:
+        return ctx.spec.trust.enabled and ctx.spec.feature_vis.enabled
+
+    def turned_off(self, ctx) -> str:
+        if ctx.spec.trust.enabled:
+            return "no synthesized images to score: feature_vis.enabled is false"
+        return super().turned_off(ctx)
+
     def applies(self, ctx, layer=None):
         if layer is None:
             return None
