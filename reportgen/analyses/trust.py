@@ -41,6 +41,7 @@ from ..errors import ModelError
 from ..graph import find_conv
 from ..graph.fold import effective_weights
 from ..hooks import removing, stopping_at
+from ..record import PENULTIMATE, recording_hooks
 from ..report import rounded
 from ..timing import Work
 from . import kernels as kx
@@ -127,12 +128,9 @@ def read(model: nn.Module, layer: str, conv: str | None, x: torch.Tensor, whole:
     with removing() as stack, torch.no_grad():
         if conv:
             stack.callback(modules[conv].register_forward_pre_hook(lambda _m, inp: keep("conv", inp[0])).remove)
-        if whole:
-            stack.callback(modules[layer].register_forward_hook(lambda _m, _i, out: keep("layer", out)).remove)
-            linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-            if linears:
-                stack.callback(linears[-1].register_forward_pre_hook(lambda _m, inp: keep("pen", inp[0])).remove)
-            model(x)
+        if whole:   # the dataset pass's hooks: the layer's output and the final Linear's input
+            with recording_hooks(model, [layer], lambda path, t: keep("pen" if path == PENULTIMATE else "layer", t)):
+                model(x)
         else:
             with stopping_at(model, layer) as run:
                 got["layer"] = run(x).detach().cpu().clone()
