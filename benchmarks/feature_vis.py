@@ -258,6 +258,7 @@ FACTORS = {  # one change from our defaults each: run_ours' keyword arguments
     "settle0": {"spec": {"settle": 0.0}},
     "pre_relu": {"layer": "features.10"},
     "no_decorrelation": {"param": {"decorrelate": False}},
+    "gain4": {"param": {"gain": 4.0}},                                     # the Fourier gain before this issue
     "lr_lucent": {"spec": {"lr": 0.05 / 2.74}},
     "lr_0.1": {"spec": {"lr": 0.1}},
     "lucent_warp": {"warp": "lucent"},

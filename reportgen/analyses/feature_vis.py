@@ -194,7 +194,7 @@ class FeatureVis(Analysis):
     """Each spec filter's synthesized image(s), per layer (units batched across the layer's filters)."""
     name = "feature_vis"
     spec_key = "feature_vis"
-    version = 2
+    version = 3                         # 3: Fourier gain 8 (FOURIER_GAIN), MACO phases 10x faster (MACO_PHASE_GAIN)
     uses = ("amplitude_spectrum",)      # MACO's magnitude; an analysis of its own (see amplitude_spectrum.py)
     per_layer = True
     templates = {"filter_top": "analyses/feature_vis.html"}
@@ -280,7 +280,7 @@ class ClassModels(Analysis):
     """Images synthesized to maximize class logits (Simonyan et al.), on the overview."""
     name = "class_models"
     spec_key = "feature_vis"
-    version = 2
+    version = 3                         # 3: Fourier gain 8 (FOURIER_GAIN)
     templates = {"overview": "analyses/class_models.html"}
     SiteResult = list[ClassModel]
 

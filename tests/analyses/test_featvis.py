@@ -116,7 +116,8 @@ def test_plain_ascent_also_rises_but_is_noisier():
     def roughness(images):  # mean |difference| between horizontally adjacent pixels
         return np.abs(np.diff(images.astype(float), axis=2)).mean()
 
-    assert roughness(plain.images) > 2 * roughness(smooth.images)
+    # 2.1x at the Fourier gain 4, 1.8x at 8 (the default since the lucent comparison): plain stays the rougher
+    assert roughness(plain.images) > 1.5 * roughness(smooth.images)
 
 
 def test_same_seed_gives_identical_images_and_another_seed_does_not():
@@ -263,17 +264,17 @@ def test_argument_errors_name_the_argument():
 
 
 # Pixel sums and objectives of images made by `synthesize` before its settings became dataclasses (commit
-# 6794570, 1 thread, 24 px, 12 steps, every step warped: settle=0): the same settings must give the same images. The new code gave
+# 6794570, 1 thread, 24 px, 12 steps, every step warped: settle=0; the Fourier gain then 4): the same settings must give the same images. The new code gave
 # bit-identical arrays on the machine that pinned them; the tolerances only absorb another CPU's rounding.
 PINNED = [
-    ((3, "conv2", [0, 3, 3], "channel", 1, 0.0), dict(), RandomAffine(), Optimizer(settle=0, steps=12),
+    ((3, "conv2", [0, 3, 3], "channel", 1, 0.0), dict(gain=4.0), RandomAffine(), Optimizer(settle=0, steps=12),
      [238408, 242801, 242801], [0.09069780260324478, 0.35668155550956726, 0.35668155550956726]),
     ((3, "relu2", [1, 2], "channel", 1, 0.0), dict(fourier=False), None, Optimizer(settle=0, steps=12, lr=0.1),
      [219856, 221958], [0.5225787162780762, 0.8369852304458618]),
-    ((1, "conv2", [5, 0], "neuron", 1, 0.0), dict(), RandomAffine(), Optimizer(settle=0, steps=12, seed=4, batch_size=1),
+    ((1, "conv2", [5, 0], "neuron", 1, 0.0), dict(gain=4.0), RandomAffine(), Optimizer(settle=0, steps=12, seed=4, batch_size=1),
      [78733, 78268], [1.2464442253112793, 0.16864687204360962]),
-    ((3, None, [2], "logit", 1, 0.0), dict(), RandomAffine(), Optimizer(settle=0, steps=12), [220046], [0.1764930933713913]),
-    ((3, "relu2", [1], "channel", 3, 0.5), dict(), RandomAffine(translate=0.1, scale=(0.8, 1.2), degrees=20.0),
+    ((3, None, [2], "logit", 1, 0.0), dict(gain=4.0), RandomAffine(), Optimizer(settle=0, steps=12), [220046], [0.1764930933713913]),
+    ((3, "relu2", [1], "channel", 3, 0.5), dict(gain=4.0), RandomAffine(translate=0.1, scale=(0.8, 1.2), degrees=20.0),
      Optimizer(settle=0, steps=12), [226169, 222724, 223291], [0.06196107342839241, 0.06607896089553833, 0.0739705041050911]),
 ]
 
