@@ -25,6 +25,7 @@ from .provenance import provenance
 from .record import HIST_EDGES
 from .render import images as im
 from .schema import SCHEMA_VERSION
+from .search import INDEX_FILE, index_script, search_index
 
 
 def rounded(x, digits: int = 6):
@@ -136,6 +137,8 @@ def assemble(ctx, outcomes: dict, site) -> Built:
                 layer["absent"][name] = o.layers_absent[layer["path"]]
         if o.absent is None:
             a.report(ctx, o.artifact, Layout(ctx, built, name))
+    entries = search_index(built.data)   # from the finished data: every analysis' labels are in
+    built.files[INDEX_FILE] = lambda: index_script(entries)
     return built
 
 

@@ -122,6 +122,10 @@ class DatasetSpec(_Section):
     labels_file: Path | None = Field(
         None, description="imagefolder without class folders (the ILSVRC val): the devkit folder, Kaggle's "
                           "LOC_val_solution.csv, or a 'file,label' CSV")
+    concepts: Path | None = Field(
+        None, description="a CSV 'image,concepts' naming each listed image's concepts (attributes), ';'-separated; "
+                          "the image by its name in the report (test[12], cat/a.png) or its index; unit_labels "
+                          "labels units with them beside the classes")
 
     @model_validator(mode="after")
     def _labels_file(self):
@@ -280,6 +284,33 @@ class TrustSpec(_Section):
                                                        "compared with (at most record.top_k are recorded)")
 
 
+class ConceptsSpec(_Section):
+    enabled: bool = True
+    k: int = Field(8, ge=2, le=64, description="concepts per layer (NMF components)")
+    images: int = Field(200, ge=10, le=20_000, description="images whose activation maps are factorized (a seeded "
+                                                            "subset of those used)")
+    patches: int = Field(8, ge=1, le=32, description="top patches shown per concept, one per image")
+
+
+class UnitLabelsSpec(_Section):
+    enabled: bool = True
+    alpha: float = Field(0.01, gt=0, lt=1, description="significance level of a label's search-corrected p-value")
+    # On thousands of images p <= alpha is reached by AUCs barely above 0.5 (every demo unit was "significant"
+    # on 5000 images); a label names what the unit detects only when it also separates well.
+    min_auc: float = Field(0.75, ge=0.5, le=1, description="the least AUC a label needs, besides significance")
+    permutations: int = Field(1000, ge=9, le=100_000, description="null units searched for the p-value (seeded)")
+    max_terms: int = Field(3, ge=1, le=3, description="classes or concepts in one formula (OR, AND, AND NOT)")
+    beam: int = Field(5, ge=1, le=50, description="formulas of each length kept for extension by the search")
+
+    @model_validator(mode="after")
+    def _reachable(self):
+        # the smallest p-value is 1 / (permutations + 1): fewer permutations could never reach alpha
+        if (self.permutations + 1) * self.alpha < 1:
+            raise ValueError(f"{self.permutations} permutations cannot give a p-value of {self.alpha} or less; "
+                             f"use at least {int(-(-1 // self.alpha)) - 1}")
+        return self
+
+
 class Spec(_Section):
     title: str = "reportgen report"
     seed: int = 0
@@ -295,6 +326,8 @@ class Spec(_Section):
     attribution: AttributionSpec = Field(default_factory=AttributionSpec)
     accuracy: AccuracySpec = Field(default_factory=AccuracySpec)
     trust: TrustSpec = Field(default_factory=TrustSpec)
+    concepts: ConceptsSpec = Field(default_factory=ConceptsSpec)
+    unit_labels: UnitLabelsSpec = Field(default_factory=UnitLabelsSpec)
     # set by the loader, not by users
     spec_path: Path | None = Field(None, exclude=True)   # the spec's directory
     spec_file: Path | None = Field(None, exclude=True)
@@ -370,6 +403,10 @@ def load_spec(path: str | Path) -> Spec:
         first = errors[0]
         first.errors = errors
         raise first from None
+    if spec.dataset.concepts and not (spec.unit_labels.enabled or spec.concepts.enabled):
+        # only those two read it: a file named and never read would be a key accepted and ignored
+        raise SpecError("dataset.concepts", "is read only by unit_labels and concepts, both turned off; "
+                                            "enable one of them or remove the key")
     spec = _resolve_paths(spec, path.resolve().parent)
     spec.spec_file = path.resolve()
     return spec
@@ -385,6 +422,8 @@ def _resolve_paths(spec: Spec, base: Path) -> Spec:
     spec.dataset.root = rel(spec.dataset.root)
     if spec.dataset.labels_file:
         spec.dataset.labels_file = rel(spec.dataset.labels_file)
+    if spec.dataset.concepts:
+        spec.dataset.concepts = rel(spec.dataset.concepts)
     if spec.model.checkpoint:
         spec.model.checkpoint = rel(spec.model.checkpoint)
     if spec.model.pretrained_file:

@@ -213,7 +213,7 @@ def test_an_analysis_that_fails_late_leaves_a_note_and_keeps_the_rest(tmp_path):
     spec = _spec(tmp_path)
     out, report, lines = _build(spec, [*ANALYSES, _FailsOnC3()])
     c3 = report["layers"][1]
-    assert c3["absent"] == {"fails_on_c3": "failed: RuntimeError: cannot run here"}
+    assert c3["absent"]["fails_on_c3"] == "failed: RuntimeError: cannot run here"
     assert all(f["fails_on_c3"] is None for f in c3["filters"])
     assert all(f["fails_on_c3"]["norm"] > 0 for f in report["layers"][0]["filters"])
     assert "warning: fails_on_c3 on features.c3 failed: RuntimeError: cannot run here; the report is built without it" in lines
@@ -224,7 +224,8 @@ def test_an_analysis_that_fails_late_leaves_a_note_and_keeps_the_rest(tmp_path):
 
 
 STRICT_SPEC = SPEC.replace("  - name: features.c3\n    filters: [1, 2]\n", "  - name: fc\n    filters: [0]\n").replace(
-    "attribution: {enabled: false}", "attribution: {images: 1, methods: [saliency], sanity_check: false}")
+    "attribution: {enabled: false}", "attribution: {images: 1, methods: [saliency], sanity_check: false}\n"
+                                     "concepts: {k: 4}")   # below block1_conv2's 6 channels: concepts apply
 
 
 def test_strict_turns_notes_into_one_error_before_the_pass(tmp_path):

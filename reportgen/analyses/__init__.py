@@ -10,12 +10,14 @@ from .amplitude_spectrum import AmplitudeSpectrum
 from .attribution_maps import AttributionMaps, GuidedBackprop
 from .attribution_trust import AttributionTrust
 from .circuits import Circuits, FirstLayerFilters
+from .concepts import Concepts
 from .explorer import LayerExplorer, OverviewExplorer
 from .feature_vis import ClassModels, FeatureVis
 from .trust import Trust
+from .unit_labels import UnitLabels
 
 ANALYSES = [Accuracy(), AmplitudeSpectrum(), FeatureVis(), Trust(), FirstLayerFilters(), ClassModels(), Circuits(),
             GuidedBackprop(), LayerExplorer(), OverviewExplorer(), AttributionMaps(),
-            AttributionTrust()]
+            AttributionTrust(), UnitLabels(), Concepts()]
 
 __all__ = ["ANALYSES"]

@@ -47,6 +47,23 @@ def logit(acts: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
 
 
 OBJECTIVES: dict[str, Score] = {"channel": channel_mean, "neuron": centre_neuron, "logit": logit}
+DIRECTION = "direction"   # the kind whose score needs `Objective.directions` (not in OBJECTIVES: it has parameters)
+
+
+def direction_mean(directions: torch.Tensor) -> Score:
+    """Score: (N,) mean over positions of <d / |d|, acts> with d = directions[units[i]], a (D, K) table of
+    directions in channel space ((N, K) activations: the projection itself). A CRAFT concept's direction H_k
+    (Fel et al. 2023) is maximized as a whole, whatever its length."""
+    unit = F.normalize(directions.float(), dim=1)
+
+    def score(acts: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+        if acts.shape[1] != unit.shape[1]:
+            raise ModelError(f"the directions have {unit.shape[1]} channels; this layer gives shape "
+                             f"{tuple(acts.shape)}.")
+        d = unit.to(acts.device, acts.dtype)[units]                          # (N, K)
+        projected = (acts * d.reshape(*d.shape, *[1] * (acts.dim() - 2))).sum(1)
+        return projected.reshape(acts.shape[0], -1).mean(dim=1)
+    return score
 
 
 @dataclass(frozen=True)
@@ -55,7 +72,8 @@ class Objective:
 
     layer: module name from `model.named_modules()`; None is the model's output (for kind 'logit').
     units: channels (or classes) to visualize, stored as a tuple.
-    kind: 'channel' (mean over positions), 'neuron' (centre position) or 'logit' (a class score).
+    kind: 'channel' (mean over positions), 'neuron' (centre position), 'logit' (a class score) or 'direction'
+        (mean over positions of the projection on directions[unit], a unit vector in channel space).
     variants, diversity: images per unit, and how much of its objective an image gives up to look unlike
         the other variants of its unit (a weight relative to the objective's size; 0.1–0.5 works).
     """
@@ -64,10 +82,17 @@ class Objective:
     kind: str = "channel"
     variants: int = 1
     diversity: float = 0.0
+    directions: Sequence[Sequence[float]] | None = None   # kind 'direction': one row per unit index, (D, K)
 
     def __post_init__(self):
         object.__setattr__(self, "units", tuple(int(u) for u in self.units))
-        if self.kind not in OBJECTIVES:
+        if self.directions is not None:   # a tuple of tuples keeps the frozen objective hashable
+            object.__setattr__(self, "directions", tuple(tuple(float(v) for v in row) for row in self.directions))
+        if self.kind == DIRECTION:
+            if not self.directions or any(u >= len(self.directions) for u in self.units):
+                raise SpecError("directions", f"the 'direction' objective needs a direction per unit; got "
+                                              f"{len(self.directions or ())} for units {list(self.units)!r}.")
+        elif self.kind not in OBJECTIVES:
             raise SpecError("objective", f"{self.kind!r} is not one of {', '.join(map(repr, OBJECTIVES))}.")
         if any(u < 0 for u in self.units):
             raise SpecError("units", f"units must be non-negative channel or class indices; "
@@ -79,6 +104,8 @@ class Objective:
 
     @property
     def score(self) -> Score:
+        if self.kind == DIRECTION:
+            return direction_mean(torch.tensor(self.directions))
         return OBJECTIVES[self.kind]
 
 
