@@ -15,6 +15,7 @@ Reading it from Python:
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -77,6 +78,14 @@ class Layout:
     def file(self, rel: str, make: Callable[[], bytes]) -> str:
         self.built.files[rel] = make
         return rel
+
+    def npz(self, rel: str, arrays: Callable[[], dict]) -> str:
+        """A compressed .npz of `arrays()` (name → array) in the site: raw numbers for readers to recompute from."""
+        def make() -> bytes:
+            buf = io.BytesIO()
+            np.savez_compressed(buf, **arrays())
+            return buf.getvalue()
+        return self.file(rel, make)
 
     def widget(self, wid: str, draw: Callable[[str], tuple[str, str]]) -> str:
         self.built.widgets[wid] = draw

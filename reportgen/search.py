@@ -46,7 +46,7 @@ def _unit_label(part: dict | None) -> dict:
     """A unit's label from the `unit_labels` analysis' record of it (null when the analysis did not run)."""
     if not part:
         return {}
-    return _label(part | {"text": part["label"]["text"] if part.get("label") else None}, "text")
+    return _label(part | {"text": part["label"]["text"] if part.get("label") else None})
 
 
 def _labelled_channels(layer: dict) -> list[dict]:
@@ -60,8 +60,8 @@ def _labelled_channels(layer: dict) -> list[dict]:
             for u in part["units"] if u["significant"] and u["unit"] not in pages]
 
 
-def _label(label: dict, text: str) -> dict:
-    return {"label": label.get(text), "auc": label.get("auc"), "p": label.get("p_value"),
+def _label(label: dict) -> dict:
+    return {"label": label.get("text"), "auc": label.get("auc"), "p": label.get("p_value"),
             "significant": label.get("significant")}
 
 
@@ -71,7 +71,7 @@ def _concepts(layer: dict) -> list[dict]:
     if not part:
         return []
     return [{"kind": "concept", "layer": layer["name"], "concept": c["index"],
-             "page": f"{part['page']}#concept-{c['index']}"} | _label(c["label"], "text") for c in part["concepts"]]
+             "page": f"{part['page']}#concept-{c['index']}"} | _label(c["label"]) for c in part["concepts"]]
 
 
 def index_script(entries: list[dict]) -> bytes:

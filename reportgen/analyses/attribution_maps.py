@@ -3,7 +3,6 @@ a randomized-weights sanity check (Adebayo et al.), on a page of their own with 
 guided backprop of each spec filter's strongest unit on its top images, on the filter pages.
 """
 
-import io
 
 import numpy as np
 import torch
@@ -158,7 +157,7 @@ class AttributionMaps(Analysis):
     def report(self, ctx, res, out):
         entries = res["meta"]["entries"]
         window, stride = _window(ctx)
-        npz = out.file("data/attribution.npz", lambda: _npz({e["array"]: res[e["array"]] for e in entries}))
+        npz = out.npz("data/attribution.npz", lambda: {e["array"]: res[e["array"]] for e in entries})
         records = []
         for e in entries:
             i, m = e["dataset_index"], e["method"]
@@ -180,12 +179,6 @@ class AttributionMaps(Analysis):
                   "sanity": {m: rounded(np.mean(v), 3) for m, v in sims.items()},
                   "guided": res["meta"]["guided"]})
         out.page("attribution.html", "attribution.html", "Attribution")
-
-
-def _npz(arrays: dict) -> bytes:
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    return buf.getvalue()
 
 
 def _overlay(image: np.ndarray, method: str, values: np.ndarray) -> np.ndarray:

@@ -39,7 +39,7 @@ from scipy.stats import rankdata
 
 from ..analysis import Analysis
 from ..errors import SpecError
-from ..report import class_name, rounded
+from ..report import rounded
 
 MIN_SHARE = 0.01    # a formula must hold, and fail, on at least 1 % of the images: rarer sets give noisy AUCs
 MIN_GAIN = 0.01     # one more term must raise the AUC by this much to be worth reading
@@ -129,7 +129,7 @@ def label_scores(scores: np.ndarray, targets: Targets, settings: LabelSettings) 
     # p = (1 + nulls at least as high) / (1 + permutations): never 0, exact under the null
     higher = len(null) - np.searchsorted(null, found.auc - 1e-12, side="left")
     p_values = np.where(np.isfinite(found.auc), (1 + higher) / (1 + len(null)), 1.0)
-    return [UnitLabel(terms, ops, float(found.auc[u]), float(p_values[u]), 
+    return [UnitLabel(terms, ops, float(found.auc[u]), float(p_values[u]),
                       bool(p_values[u] <= settings.alpha and found.auc[u] >= settings.min_auc),
                       int(found.positives[u])) for u, (terms, ops) in enumerate(found.formulas)]
 
@@ -562,9 +562,9 @@ class UnitLabels(Analysis):
                             "selective": [{"unit": int(u), "auc": rounded(aucs[u], 4)} for u in order[:TOP_UNITS]]})
         labelled = sum(r["significant"] for r in units)
         index = art["pooled_index"]
-        data = out.file(f"data/unit_labels/{layer.slug}.npz", lambda: _npz_bytes(ctx, layer, index, names))
-        return {"images": len(index), "alpha": s.alpha, "min_auc": s.min_auc, "permutations": s.permutations, "max_terms": s.max_terms,
-                "beam": s.beam, "min_share": MIN_SHARE, "min_gain": MIN_GAIN,
+        data = out.npz(f"data/unit_labels/{layer.slug}.npz", lambda: _npz_arrays(ctx, layer, index, names))
+        return {"images": len(index), "alpha": s.alpha, "min_auc": s.min_auc, "permutations": s.permutations,
+                "max_terms": s.max_terms, "beam": s.beam, "min_share": MIN_SHARE, "min_gain": MIN_GAIN,
                 "targets": [{"name": n, "kind": k, "images": int(i)}
                             for n, k, i in zip(names, kinds, art["target_images"])],
                 "units": units, "labelled": labelled, "share": rounded(labelled / max(len(units), 1), 4),
@@ -580,13 +580,9 @@ class UnitLabels(Analysis):
                 "p_value": rounded(label.p_value, 4), "significant": label.significant, "positives": label.positives}
 
 
-def _npz_bytes(ctx, layer, index: np.ndarray, names: list[str]) -> bytes:
+def _npz_arrays(ctx, layer, index: np.ndarray, names: list[str]) -> dict:
     """The arrays the labels were computed from: anyone can recompute an AUC (scikit-learn's roc_auc_score)."""
-    import io
-
     _, pooled = ctx.evidence.layers[layer.path].pooled_array()
     targets, _ = layer_targets(ctx, index)
-    buf = io.BytesIO()
-    np.savez_compressed(buf, dataset_index=index, activation=pooled.astype(np.float32), targets=targets.matrix,
-                        target_names=np.array(names))
-    return buf.getvalue()
+    return {"dataset_index": index, "activation": pooled.astype(np.float32), "targets": targets.matrix,
+            "target_names": np.array(names)}
