@@ -67,6 +67,7 @@ layers:
 record: {{top_k: 4}}
 feature_vis: {{steps: 8, classes: [0, 1]}}
 attribution: {{images: 2}}
+concepts: {{k: 4}}   # below block1_conv2's 8 channels, so every section is there
 """
 
 

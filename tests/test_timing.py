@@ -37,6 +37,7 @@ layers:
     embedding: none
 feature_vis: {{steps: 200}}   # enough work to show in a table of hundredths on a quiet machine
 attribution: {{images: 1, methods: [saliency]}}
+concepts: {{k: 2}}   # below block1_conv2's 6 channels: concepts run and have their row
 """
 BUILD_PHASES = ["load", "receptive fields", "estimate", "dataset pass"]
 END_PHASES = ["assemble", "render", "write"]
@@ -196,6 +197,8 @@ layers: [{{name: features.c3, filters: [0, 1, 2, 3, 4, 5, 6, 7], embedding: none
 feature_vis: {{steps: 40, classes: []}}
 circuit: {{enabled: false}}
 attribution: {{enabled: false}}
+concepts: {{enabled: false}}     # a feature-vis build: concepts' own synthesis and NMF would blur the ratio
+unit_labels: {{enabled: false}}
 """
 
 
