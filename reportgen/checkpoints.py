@@ -54,6 +54,8 @@ def _naming(i: int):
 def load_models(spec: Spec) -> tuple[LoadedModel, list[LoadedModel]]:
     """(the model, the earlier checkpoints' models oldest first; [] without `model.checkpoints`)."""
     entries = spec.model.checkpoints or []
+    if not entries:                      # a single `model.checkpoint`: its errors keep its own key
+        return load_model(spec.model, spec.spec_path), []
     with _naming(len(entries) - 1):
         model = load_model(spec.model, spec.spec_path)
     earlier = []

@@ -113,6 +113,12 @@ class Evolution(Analysis):
     templates = {"overview": "analyses/evolution_overview.html"}
     SiteResult = EvolutionSite
 
+    def enabled(self, ctx, layer=None) -> bool:
+        return bool(ctx.spec.model.checkpoints)   # asked for by naming checkpoints: no note in other reports
+
+    def turned_off(self, ctx) -> str:
+        return _no_checkpoints(ctx)
+
     def applies(self, ctx, layer=None):
         return _no_checkpoints(ctx)
 
@@ -208,7 +214,11 @@ class EvolutionLayers(Analysis):
     FilterResult = FilterEvolution
 
     def enabled(self, ctx, layer=None) -> bool:
-        return layer is None or not layer.expanded     # the spec's layers only
+        # asked for by naming checkpoints; the spec's layers only
+        return bool(ctx.spec.model.checkpoints) and (layer is None or not layer.expanded)
+
+    def turned_off(self, ctx) -> str:
+        return _no_checkpoints(ctx)
 
     def applies(self, ctx, layer=None):
         if layer is None:
