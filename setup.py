@@ -13,6 +13,7 @@ TEMPLATES = ["reportgen.templates"] + [f"reportgen.templates.{p}"
 setup(
     packages=find_namespace_packages(include=["reportgen", "reportgen.*"], exclude=NOT_PACKAGES) + TEMPLATES,
     package_dir={"reportgen.templates": "templates"},
-    # every file of the template folders (pages, the stylesheet, scripts), the demo's weights
-    package_data={**{p: ["*"] for p in TEMPLATES}, "reportgen.demo": ["*.pt"]},
+    # every file of the template folders (pages, the stylesheet, scripts), the demo's weights and its earlier
+    # checkpoints (a folder without __init__.py: found above as a namespace package)
+    package_data={**{p: ["*"] for p in TEMPLATES}, "reportgen.demo": ["*.pt"], "reportgen.demo.checkpoints": ["*.pt"]},
 )

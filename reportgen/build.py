@@ -19,7 +19,7 @@ from .errors import DataError, SpecError
 from .evidence import gather_evidence, pass_cost, pass_keys, receptive_fields
 from .labels import match_labels
 from .layers import list_layers, resolve_layers
-from .models import load_model
+from .checkpoints import attach, load_models
 from .output import check_output, write_site
 from .render.pages import render_site
 from .report import assemble
@@ -42,7 +42,7 @@ def prepare(spec: Spec, use_cache: bool = True, log=print, group: Group = SINGLE
     timer = Timer()
     device = pick_device(spec.device)
     torch.manual_seed(spec.seed)
-    model = load_model(spec.model, spec.spec_path)
+    model, earlier = load_models(spec)   # and every other checkpoint of model.checkpoints, checked now
     dataset = load_dataset(spec.dataset, model.input_size, model.resize_size, model.channels,
                            model.interpolation)
     match_labels(dataset, model, spec.dataset, named=spec.model.classes is not None)  # labels → model outputs
@@ -53,6 +53,7 @@ def prepare(spec: Spec, use_cache: bool = True, log=print, group: Group = SINGLE
     samples = sample_indices(indices, spec.dataset.samples, spec.seed)
     cache = Cache(spec.spec_path / ".reportgen-cache", enabled=use_cache, writable=group.is_main)
     ctx = Context(spec, device, model, dataset, layers, infos, indices, samples, cache, log, group, timer=timer)
+    attach(ctx, earlier)
     for a in analyses:
         if a.enabled(ctx):
             a.prepare(ctx)   # e.g. circuits.expand adds the layers that feed the spec's filters
@@ -90,6 +91,7 @@ def build(spec: Spec, out: Path | None = None, use_cache: bool = True, progress:
     t0 = time.perf_counter()
     out = Path(out) if out else spec.output
     protected = [spec.spec_file or spec.spec_path, spec.dataset.root] + ([spec.model.checkpoint] if spec.model.checkpoint else [])
+    protected += [e.path for e in spec.model.checkpoints or []]   # model.checkpoints: every file
     protected += [f for f in (spec.dataset.labels_file, spec.dataset.concepts) if f]   # devkit or CSV; concepts CSV
     check_output(out, protected)                  # before any work: a refused output fails in a second
     log = log if group.is_main else (lambda *_: None)

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-SCHEMA_VERSION = 7   # 1: the first release (page context minus a blacklist); 2: data only, analyses by name;
+SCHEMA_VERSION = 8   # 1: the first release (page context minus a blacklist); 2: data only, analyses by name;
                      # 3: input sizes as [height, width]; 4: `accuracy` is the accuracy analysis' part,
                      # model and dataset `class_ids`, model `resize_size` and `interpolation`;
                      # 5: a filter's `circuits` is the sum of `terms[]`, each conv term's channels in `conv`
@@ -14,6 +14,8 @@ SCHEMA_VERSION = 7   # 1: the first release (page context minus a blacklist); 2:
                      # `param`, `transparency` and `compare[]`, `amplitude_spectrum`
                      # 7: `concepts` per layer (NMF concepts) and its overview links
                      #    and `unit_labels` (every channel's label per layer, filter, overview)
+                     # 8: model.checkpoints: `evolution` (accuracy, loss per checkpoint) and
+                     #    `evolution_layers` (CKA per layer, each filter's strip over the checkpoints)
 
 
 class _Strict(BaseModel):

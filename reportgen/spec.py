@@ -6,6 +6,7 @@ directory. Checks that need the model (layer names, filter ranges) happen in `la
 and raise `SpecError` with the same key paths.
 """
 
+import glob
 import os
 import re
 from pathlib import Path
@@ -22,6 +23,12 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class CheckpointEntry(_Section):
+    """One checkpoint of `model.checkpoints`: its name in the report and its file."""
+    name: str = Field(min_length=1)
+    path: Path
+
+
 class ModelSpec(_Section):
     """Where the model comes from: exactly one of torchvision / timm / checkpoint / factory, or a checkpoint whose
     weights go into a factory's or timm's architecture."""
@@ -36,6 +43,9 @@ class ModelSpec(_Section):
     pretrained_file: Path | None = Field(None, description="timm: a local copy of timm's weights file for the name, "
                                                            "read by timm's own loader (its pretrained 'file' override)")
     checkpoint: Path | None = None
+    checkpoints: list[CheckpointEntry] | str | None = Field(None, description=(
+        "checkpoints of one architecture, oldest first: a list of {name, path}, or a glob (natural sort, names "
+        "from the file stems); at least 2. The report is built for the last one; an Evolution page compares them"))
     factory: str | None = None
     trust_checkpoint: bool = False
     input_size: int | tuple[int, int] | None = Field(
@@ -68,6 +78,24 @@ class ModelSpec(_Section):
         raise ValueError(f"{v!r} is not a size; give one int for a square (e.g. 224) or [height, width] "
                          f"(e.g. [40, 32])")
 
+    @field_validator("checkpoints")
+    @classmethod
+    def _checkpoints(cls, v, info):
+        if v is None:
+            return v
+        if info.data.get("checkpoint") is not None:
+            raise ValueError("the last of 'checkpoints' is the model's checkpoint; remove 'checkpoint'")
+        if isinstance(v, list):
+            if len(v) < 2:
+                raise ValueError(f"{len(v)} checkpoint{'s' if len(v) != 1 else ''}: give at least 2 to compare "
+                                 "(or use 'checkpoint' for one)")
+            names = [e.name for e in v]
+            if len(set(names)) != len(names):
+                raise ValueError(f"two checkpoints share a name: {names}")
+        elif not v.strip():
+            raise ValueError("give a list of {name, path} or a glob like 'runs/epoch*.pt'")
+        return v
+
     @field_validator("factory")
     @classmethod
     def _factory_syntax(cls, v):
@@ -77,11 +105,11 @@ class ModelSpec(_Section):
 
     @model_validator(mode="after")
     def _one_source(self):
-        if self.torchvision and (self.checkpoint or self.factory):
+        if self.torchvision and (self.checkpoint or self.checkpoints or self.factory):
             raise ValueError("give either 'torchvision' or 'checkpoint'/'factory', not both")
         if self.timm and (self.torchvision or self.factory):
             raise ValueError(f"give either 'timm' or '{'torchvision' if self.torchvision else 'factory'}', not both")
-        if not (self.torchvision or self.timm or self.checkpoint or self.factory):
+        if not (self.torchvision or self.timm or self.checkpoint or self.checkpoints or self.factory):
             raise ValueError("name the model: 'torchvision: NAME', 'timm: NAME', 'checkpoint: PATH' "
                              "or 'factory: module:callable'")
         if self.weights and not self.torchvision:
@@ -97,14 +125,14 @@ class ModelSpec(_Section):
             if self.pretrained is not None or self.pretrained_file:
                 raise ValueError("'pretrained' and 'pretrained_file' are for timm models ('timm: NAME')")
             return
-        if self.checkpoint and (self.pretrained or self.pretrained_file):
+        if (self.checkpoint or self.checkpoints) and (self.pretrained or self.pretrained_file):
             raise ValueError("'checkpoint' gives the weights; remove 'pretrained'/'pretrained_file' "
                              "(or remove 'checkpoint' to load timm's weights)")
         if self.pretrained is False and self.pretrained_file:
             raise ValueError("'pretrained: false' asks for random weights but 'pretrained_file' gives weights; "
                              "remove one of them")
         if self.pretrained is None:
-            self.pretrained = not self.checkpoint
+            self.pretrained = not (self.checkpoint or self.checkpoints)
 
 
 class DatasetSpec(_Section):
@@ -426,8 +454,35 @@ def _resolve_paths(spec: Spec, base: Path) -> Spec:
         spec.dataset.concepts = rel(spec.dataset.concepts)
     if spec.model.checkpoint:
         spec.model.checkpoint = rel(spec.model.checkpoint)
+    if spec.model.checkpoints is not None:   # the last one is the model's checkpoint (checked here: paths known)
+        spec.model.checkpoints = _checkpoint_entries(spec.model.checkpoints, rel)
+        spec.model.checkpoint = spec.model.checkpoints[-1].path
     if spec.model.pretrained_file:
         spec.model.pretrained_file = rel(spec.model.pretrained_file)
     if isinstance(spec.model.classes, Path):
         spec.model.classes = rel(spec.model.classes)
     return spec
+
+
+def natural_key(text: str) -> list:
+    """"epoch2" before "epoch10": digit runs compare as numbers."""
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t.lower()) for t in re.split(r"(\d+)", text)]
+
+
+def _checkpoint_entries(value, rel) -> list[CheckpointEntry]:
+    """`model.checkpoints` as entries with resolved paths: a glob expanded (natural sort, names from the stems),
+    every file present, at least 2."""
+    if isinstance(value, str):
+        found = sorted((Path(p) for p in glob.glob(str(rel(Path(value)))) if Path(p).is_file()),
+                       key=lambda p: natural_key(str(p)))
+        if len(found) < 2:
+            raise SpecError("model.checkpoints", f"the glob {value!r} matches {len(found)} file"
+                                                 f"{'s' if len(found) != 1 else ''}; it must match at least 2")
+        stems = [p.stem for p in found]
+        names = stems if len(set(stems)) == len(stems) else [p.name for p in found]
+        return [CheckpointEntry(name=n, path=p) for n, p in zip(names, found)]
+    entries = [CheckpointEntry(name=e.name, path=rel(e.path)) for e in value]
+    for i, e in enumerate(entries):
+        if not e.path.is_file():
+            raise SpecError(f"model.checkpoints[{i}]", f"no file {str(value[i].path)!r}")
+    return entries

@@ -11,6 +11,7 @@ from .attribution_maps import AttributionMaps, GuidedBackprop
 from .attribution_trust import AttributionTrust
 from .circuits import Circuits, FirstLayerFilters
 from .concepts import Concepts
+from .evolution import Evolution, EvolutionLayers
 from .explorer import LayerExplorer, OverviewExplorer
 from .feature_vis import ClassModels, FeatureVis
 from .trust import Trust
@@ -18,6 +19,6 @@ from .unit_labels import UnitLabels
 
 ANALYSES = [Accuracy(), AmplitudeSpectrum(), FeatureVis(), Trust(), FirstLayerFilters(), ClassModels(), Circuits(),
             GuidedBackprop(), LayerExplorer(), OverviewExplorer(), AttributionMaps(),
-            AttributionTrust(), UnitLabels(), Concepts()]
+            AttributionTrust(), UnitLabels(), Concepts(), Evolution(), EvolutionLayers()]
 
 __all__ = ["ANALYSES"]

@@ -9,6 +9,10 @@
                                 sprite=layout, sprite_url="../assets/sprite-{}.webp",
                                 detail_url_template="../images/{index}.html", title="layer3")
 
+With `frames` (the same points at several checkpoints), a range input above the plot switches the points
+(and the predictions the tooltips name) between checkpoints in the browser: every checkpoint's coordinates
+sit in the shared per-point table, and a CustomJS callback refills each renderer's data source from it.
+
 Each page carries only its plot's data (`bokeh.embed.components`, numeric columns as base64 typed arrays in
 the smallest integer type that holds them: about 26 bytes a point at 60k points, 35 in base64); BokehJS
 comes from the one copy in the site's static folder, and the thumbnails from sprite sheets beside the page,
@@ -33,6 +37,7 @@ from reportgen.errors import RenderError
 
 __all__ = [
     "SpriteLayout",
+    "Frames",
     "sprite_layout",
     "write_sprite_sheet",
     "copy_bokehjs",
@@ -87,6 +92,16 @@ class SpriteLayout:
         """(count, 2) int pixel offsets (x, y) of each tile's top-left corner in its sheet."""
         j = np.arange(self.count) % self.per_sheet
         return np.stack([(j % self.columns) * self.tile_width, (j // self.columns) * self.tile_height], axis=1)
+
+
+@dataclass(frozen=True)
+class Frames:
+    """The explorer's points at each checkpoint, oldest first; the plot opens on the last (its `points` and
+    `preds` arguments)."""
+
+    names: list[str]      # the checkpoints' names
+    points: np.ndarray    # (K, N, 2) coordinates, aligned so that a point's motion is a change of features
+    preds: np.ndarray     # (K, N) each checkpoint's predicted class
 
 
 def sprite_layout(count: int, tile_size: tuple[int, int], file: str = "sprite-{}.webp",
@@ -239,6 +254,7 @@ def explorer_figure(
     thumb_px: int = 84,
     neighbours: np.ndarray | None = None,
     panel_id: str | None = None,
+    frames: Frames | None = None,
 ) -> bokeh.plotting.figure:
     """Bokeh scatter of `points` (N, 2) coloured by true class.
 
@@ -248,7 +264,8 @@ def explorer_figure(
     scaled to about `thumb_px`), the true and predicted class names and the dataset index. With
     `detail_url_template` (a relative URL containing `{index}`), clicking a point opens it in the same tab;
     else with `neighbours` (N, k) positions, clicking shows them in the element `panel_id`. WebGL from
-    `WEBGL_FROM_POINTS` points.
+    `WEBGL_FROM_POINTS` points. With `frames`, setting the per-point table's `tags` to [k] (the table is
+    the model named FRAMES_MODEL; `explorer_plot` adds the control that does it) shows checkpoint k.
 
     Each renderer carries its points' x, y (float32) and position `pos` in the arrays given; everything
     else per point (index, classes, neighbours) sits once in a shared table that the tooltip's formatter
@@ -274,10 +291,13 @@ def explorer_figure(
         raise RenderError(f"the sprite sheet has {sprite.count} tiles for {n} points")
 
     table = {"idx": _compact(index), "lab": _compact(labels), "pred": _compact(preds)}
+    if frames is not None:
+        table.update(_frame_columns(frames, n, len(class_names)))
     if neighbours is not None:
         nn = np.asarray(neighbours, np.int64)
         table.update({f"nn{j}": _compact(nn[:, j]) for j in range(nn.shape[1])})
-    info = ColumnDataSource(table)  # numpy columns serialize as binary; CustomJS args would go element by element
+    # numpy columns serialize as binary; CustomJS args would go element by element
+    info = ColumnDataSource(table, name=FRAMES_MODEL if frames is not None else None)
     thumbs = sprite is not None and sprite_url is not None
     scale = max(1, round(thumb_px / max(sprite.tile_width, sprite.tile_height))) if thumbs else 1
     args = {"info": info, "names": [str(s) for s in class_names], "url": sprite_url or "",
@@ -295,7 +315,7 @@ def explorer_figure(
     fig.axis.visible = False  # t-SNE axes have no units
     fig.grid.visible = False
     size = 7 if n < 2000 else 5
-    items, renderers, wrong_all = [], [], []
+    items, renderers, wrong_all, groups = [], [], [], []
     for c, (name, color) in enumerate(zip(class_names, _palette(len(class_names)))):
         if not (labels == c).any():
             continue  # a class without points (40 of ImageNet's 1000) gets no legend entry
@@ -312,6 +332,7 @@ def explorer_figure(
             else:
                 r = fig.scatter("x", "y", source=source, size=size, fill_color=color, line_color=None, fill_alpha=0.7)
             pair.append(r)
+            groups.append([c, wrong])
         renderers += pair
         items.append(LegendItem(label=str(name), renderers=pair))
     # a grey cross drawn last over the class-coloured ones is the entry's swatch
@@ -327,7 +348,52 @@ def explorer_figure(
     elif neighbours is not None and panel_id and thumbs:
         fig.add_tools(TapTool(renderers=renderers))
         _neighbour_panel(renderers, args, int(np.shape(neighbours)[1]), panel_id)
+    if frames is not None:
+        from bokeh.models import CustomJS
+
+        info.js_on_change("tags", CustomJS(args={"info": info, "srcs": [r.data_source for r in renderers],
+                                                 "groups": groups}, code=_FRAME_JS))
     return fig
+
+
+FRAMES_MODEL = "rg-frames"   # the per-point table of a plot with checkpoints (its `tags`: the checkpoint shown)
+
+
+def _frame_columns(frames: Frames, n: int, classes: int) -> dict[str, np.ndarray]:
+    """Columns x{k}, y{k} (float32) and pred{k} of each checkpoint k for the per-point table."""
+    pts = np.asarray(frames.points, dtype=np.float32)
+    preds = np.asarray(frames.preds, dtype=np.int64)
+    k = len(frames.names)
+    if k == 0 or pts.shape != (k, n, 2) or preds.shape != (k, n):
+        raise RenderError(f"checkpoint frames need points ({k}, {n}, 2) and predictions ({k}, {n}) for {k} names; "
+                          f"got {pts.shape} and {preds.shape}")
+    if n and (preds.min() < 0 or preds.max() >= classes):
+        raise RenderError(f"checkpoint predictions must lie in [0, {classes}), the class names' range")
+    cols = {}
+    for j in range(k):
+        cols.update({f"x{j}": pts[j, :, 0], f"y{j}": pts[j, :, 1], f"pred{j}": _compact(preds[j])})
+    return cols
+
+
+# Show checkpoint k = the table's tags[0]: each renderer (class c, misclassified or not by that checkpoint)
+# gets the positions that belong to it then, with their coordinates then; tooltips and the neighbour panel
+# read `pred` from the table, so it becomes checkpoint k's.
+_FRAME_JS = """
+const k = cb_obj.tags[0];
+const d = info.data, X = d['x' + k], Y = d['y' + k], P = d['pred' + k], L = d.lab;
+if (X === undefined) { return; }
+srcs.forEach((src, r) => {
+  const c = groups[r][0], wrong = groups[r][1], pos = [];
+  for (let q = 0; q < L.length; q++) {
+    if (L[q] === c && (P[q] !== c) === wrong) { pos.push(q); }
+  }
+  const data = {x: pos.map((q) => X[q]), y: pos.map((q) => Y[q]), pos: pos};
+  if (src.data.index !== undefined) { data.index = pos.map((q) => d.idx[q]); }
+  src.selected.indices = [];
+  src.data = data;
+});
+info.data = Object.assign({}, d, {pred: P});
+"""
 
 
 _PANEL_JS = _TILE_JS + """
@@ -366,10 +432,43 @@ def _neighbour_panel(renderers, args: dict, k: int, panel_id: str) -> None:
 
 def explorer_plot(*args, **kwargs) -> tuple[str, str]:
     """`explorer_figure(...)` as `bokeh.embed.components` (script, div) for a page that loads BokehJS
-    with `script_tags`; the same arguments."""
+    with `script_tags`; the same arguments. With `frames`, the div starts with a range input (one step
+    per checkpoint, on the last) and the script with what connects it to the plot."""
     from bokeh.embed import components
 
-    return components(explorer_figure(*args, **kwargs))
+    fig = explorer_figure(*args, **kwargs)
+    script, div = components(fig)
+    frames = inspect.signature(explorer_figure).bind(*args, **kwargs).arguments.get("frames")
+    if frames is None:
+        return script, div
+    control, glue = _frame_control(frames.names, fig.id)
+    return glue + "\n" + script, control + "\n" + div
+
+
+def _frame_control(names: list[str], root_id: str) -> tuple[str, str]:
+    """(markup, script) of the checkpoint slider of the plot whose root model is `root_id`: moving it names
+    the checkpoint and sets the plot's FRAMES_MODEL `tags` (a plain range input: Bokeh's Slider would add its
+    382 kB widget bundle to every page with a plot)."""
+    import json
+
+    fid = f"{root_id}-frame"
+    last = len(names) - 1
+    markup = (f'<div class="rg-frames"><label for="{fid}">Checkpoint</label> '
+              f'<input type="range" id="{fid}" min="0" max="{last}" step="1" value="{last}" '
+              f'aria-valuetext="{html.escape(names[-1])}" data-names="{html.escape(json.dumps(names))}"> '
+              f'<output for="{fid}" id="{fid}-name">{html.escape(names[-1])}</output></div>')
+    script = ("<script>(() => {\n"
+              f"const input = document.getElementById({json.dumps(fid)});\n"
+              f"const shown = document.getElementById({json.dumps(fid + '-name')});\n"
+              "const names = JSON.parse(input.dataset.names);\n"
+              "input.addEventListener('input', () => {\n"
+              "  const k = Number(input.value);\n"
+              "  shown.textContent = names[k];\n"
+              "  input.setAttribute('aria-valuetext', names[k]);\n"
+              f"  const doc = window.Bokeh && Bokeh.documents.find((d) => d.get_model_by_id({json.dumps(root_id)}));\n"
+              f"  if (doc) {{ doc.get_model_by_name({json.dumps(FRAMES_MODEL)}).tags = [k]; }}\n"
+              "});\n})();</script>")
+    return markup, script
 
 
 explorer_plot.__signature__ = inspect.signature(explorer_figure).replace(return_annotation="tuple[str, str]")
