@@ -4,6 +4,7 @@
     removing(*handles)                            removes the handles (and any pushed later) on exit
     stopping_at(model, path, before=False)        yields run(x): the forward stopped at `path`, its output
     run_until(model, path, x, before=False)       one such run
+    capturing(model, paths)                       yields run(x): the outputs of several modules, stopped after the last
 
 Stopping is done by a hook that keeps the layer's output (or, with `before`, its first input) and raises a
 private exception, so nothing after the layer runs, forward or backward, whatever the model's structure
@@ -80,6 +81,44 @@ def stopping_at(model: nn.Module, path: str, *, before: bool = False) -> Iterato
         return kept[0]
 
     with removing(handle):
+        yield run
+
+
+@contextmanager
+def capturing(model: nn.Module, paths: list[str]) -> Iterator[Callable[[torch.Tensor], list[torch.Tensor]]]:
+    """Yield `run(x)`: the outputs of modules `paths` (a list in that order; a path may repeat) when `model` runs
+    on x, the forward stopped once every one of them has run (a shared module: its first call counts).
+
+    Each output but the one that stops the forward is copied, so an in-place op after its module (an
+    `inplace=True` ReLU after a conv) cannot change it. Gradients flow as in `stopping_at`.
+    """
+    modules = [find_module(model, p) for p in paths]
+    kept: dict[int, torch.Tensor] = {}
+
+    def hook(i: int):
+        def keep(_m, _inputs, output) -> None:
+            if i in kept:
+                return
+            if not isinstance(output, torch.Tensor):
+                raise ModelError(f"layer {paths[i]!r} returns {type(output).__name__}, not a tensor; pick a layer "
+                                 f"whose output is one tensor.")
+            kept[i] = output if len(kept) + 1 == len(paths) else output.clone()
+            if len(kept) == len(paths):
+                raise _Reached
+        return keep
+
+    def run(x: torch.Tensor) -> list[torch.Tensor]:
+        kept.clear()
+        try:
+            model(x)
+        except _Reached:
+            pass
+        missing = [p for i, p in enumerate(paths) if i not in kept]
+        if missing:
+            raise ModelError(f"layer {missing[0]!r} is not used by the model's forward pass.")
+        return [kept[i] for i in range(len(paths))]
+
+    with removing(*(m.register_forward_hook(hook(i)) for i, m in enumerate(modules))):
         yield run
 
 

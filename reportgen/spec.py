@@ -339,6 +339,57 @@ class UnitLabelsSpec(_Section):
         return self
 
 
+class DeepDreamSpec(_Section):
+    enabled: bool = True
+    images: int = Field(2, ge=1, le=64, description="sample images dreamed at each spec layer (the first ones)")
+    octaves: int = Field(3, ge=1, le=8, description="scales dreamed, smallest first (those under 8 px skipped)")
+    octave_scale: float = Field(1.4, gt=1, le=4, description="size ratio between consecutive octaves")
+    steps: int = Field(10, ge=1, le=1000, description="ascent steps per octave")
+    lr: float = Field(0.05, gt=0, le=1, description="step in pixel units ([0, 1]) after the gradient is divided "
+                                                     "by its mean absolute value")
+    jitter: int = Field(2, ge=0, le=64, description="px: the largest random roll of the image at each step")
+    filters: int = Field(0, ge=0, le=4096, description=(
+        "the first N spec filters of each layer also get the first sample image nudged towards them (the "
+        "channel's mean), shown on the filter pages; 0 = none"))
+
+
+class AdversarialSpec(_Section):
+    enabled: bool = True
+    images: int = Field(4, ge=1, le=64, description="sample images attacked (the first ones)")
+    target: str = Field("next", min_length=1, description=(
+        "the targeted attack's class: next (each image's second most likely class), least_likely, or a class "
+        "name of the model"))
+    steps: int = Field(20, ge=1, le=1000, description="PGD steps per attack (step 2.5 × budget / steps)")
+    max_budget: float = Field(0.1, gt=0, le=1, description="the largest L∞ budget tried, in pixel units [0, 1]")
+    tolerance: float = Field(1 / 255, gt=0, le=0.5, description="the bisection stops when the smallest flipping "
+                                                                "budget is known to within this")
+
+
+class InversionSpec(_Section):
+    enabled: bool = True
+    images: int = Field(2, ge=1, le=64, description="sample images reconstructed at each spec layer (the first ones)")
+    # On the demo 256 steps at 0.02 bring the relative distance from about 1 to 0.03-0.17 at block1_conv2 and
+    # 0.3-0.4 at block3_conv1, 1.5 s a layer for 2 images; lr 0.05 or 0.1 stalls higher (Adam on the spectrum).
+    steps: int = Field(256, ge=1, le=10_000, description="optimization steps, the last quarter unwarped")
+    lr: float = Field(0.02, gt=0, le=1, description="Adam's step size on the image's spectrum")
+
+
+class TextureSpec(_Section):
+    enabled: bool = False
+    image: int = Field(0, ge=0, le=63, description="the sample image whose texture is synthesized (its position "
+                                                   "among the sample images)")
+    style_image: int = Field(0, ge=0, le=63, description="the sample image that gives the style transfer its style")
+    content_image: int = Field(1, ge=0, le=63, description="the sample image that gives the style transfer its "
+                                                           "content")
+    content_layer: str | None = Field(None, description="the spec layer (its name in `layers`) whose activations "
+                                                        "the style transfer matches; none: the deepest")
+    steps: int = Field(256, ge=1, le=10_000, description="optimization steps of each image, the last quarter unwarped")
+    lr: float = Field(0.02, gt=0, le=1, description="Adam's step size on the image's spectrum")
+    style_weight: float = Field(1.0, gt=0, le=1e4, description="style transfer: the weight of the Gram matrices' "
+                                                              "relative distance (all layers together) against "
+                                                              "the content's")
+
+
 class Spec(_Section):
     title: str = "reportgen report"
     seed: int = 0
@@ -356,6 +407,10 @@ class Spec(_Section):
     trust: TrustSpec = Field(default_factory=TrustSpec)
     concepts: ConceptsSpec = Field(default_factory=ConceptsSpec)
     unit_labels: UnitLabelsSpec = Field(default_factory=UnitLabelsSpec)
+    deepdream: DeepDreamSpec = Field(default_factory=DeepDreamSpec)
+    adversarial: AdversarialSpec = Field(default_factory=AdversarialSpec)
+    inversion: InversionSpec = Field(default_factory=InversionSpec)
+    texture: TextureSpec = Field(default_factory=TextureSpec)
     # set by the loader, not by users
     spec_path: Path | None = Field(None, exclude=True)   # the spec's directory
     spec_file: Path | None = Field(None, exclude=True)
@@ -435,9 +490,22 @@ def load_spec(path: str | Path) -> Spec:
         # only those two read it: a file named and never read would be a key accepted and ignored
         raise SpecError("dataset.concepts", "is read only by unit_labels and concepts, both turned off; "
                                             "enable one of them or remove the key")
+    _check_texture(spec)
     spec = _resolve_paths(spec, path.resolve().parent)
     spec.spec_file = path.resolve()
     return spec
+
+
+def _check_texture(spec: Spec) -> None:
+    """`texture`'s references to other sections: a spec layer's name, and sample images that exist."""
+    t, names = spec.texture, [l.name for l in spec.layers]
+    if t.content_layer is not None and t.content_layer not in names:
+        raise SpecError("texture.content_layer", f"{t.content_layer!r} is not one of the spec's layers "
+                                                 f"({', '.join(names)})")
+    for key in ("image", "style_image", "content_image"):
+        if getattr(t, key) >= spec.dataset.samples:
+            raise SpecError(f"texture.{key}", f"sample image {getattr(t, key)} does not exist: dataset.samples "
+                                              f"is {spec.dataset.samples} (0 to {spec.dataset.samples - 1})")
 
 
 def _resolve_paths(spec: Spec, base: Path) -> Spec:

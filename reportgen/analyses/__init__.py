@@ -6,19 +6,24 @@ their sections appear in this order. Math they share lives in the subpackages an
 """
 
 from .accuracy import Accuracy
+from .adversarial import AdversarialExamples
 from .amplitude_spectrum import AmplitudeSpectrum
 from .attribution_maps import AttributionMaps, GuidedBackprop
 from .attribution_trust import AttributionTrust
 from .circuits import Circuits, FirstLayerFilters
 from .concepts import Concepts
+from .deepdream import DeepDream
 from .evolution import Evolution, EvolutionLayers
 from .explorer import LayerExplorer, OverviewExplorer
 from .feature_vis import ClassModels, FeatureVis
+from .inversion import Inversion
+from .texture import Texture
 from .trust import Trust
 from .unit_labels import UnitLabels
 
 ANALYSES = [Accuracy(), AmplitudeSpectrum(), FeatureVis(), Trust(), FirstLayerFilters(), ClassModels(), Circuits(),
             GuidedBackprop(), LayerExplorer(), OverviewExplorer(), AttributionMaps(),
-            AttributionTrust(), UnitLabels(), Concepts(), Evolution(), EvolutionLayers()]
+            AttributionTrust(), UnitLabels(), Concepts(), Evolution(), EvolutionLayers(),
+            DeepDream(), AdversarialExamples(), Inversion(), Texture()]
 
 __all__ = ["ANALYSES"]

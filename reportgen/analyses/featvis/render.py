@@ -23,7 +23,7 @@ measured in float32.
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -114,19 +114,22 @@ def _check_units(acts: torch.Tensor, top_unit: int, layer: str | None) -> None:
         raise ModelError(f"layer {layer or 'output'!r} has {channels} channels; unit {top_unit} is out of range.")
 
 
-def ascent_values(score: Score, acts: torch.Tensor, units: torch.Tensor,
-                  pre_activation: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def ascent_values(score: Score, acts: torch.Tensor, units: torch.Tensor, pre_activation: bool,
+                  redirect: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(values, ascended, layer_output): the objective (n,), what the gradient follows (n,), the layer's output.
 
     With `pre_activation` (the layer is a ReLU and `acts` its input z), values = score(relu(z)); an image whose
     ReLU is off wherever the objective looks has value 0 and no gradient, so it climbs score(z) instead until
-    the unit turns on (Lucid's "redirected ReLU" idea, applied to the target layer only).
+    the unit turns on (Lucid's "redirected ReLU" idea, applied to the target layer only). Without `redirect`
+    (an objective that matches targets: its value is never above 0) it always climbs score(relu(z)).
     """
     if not pre_activation:
         values = score(acts, units)
         return values, values, acts
     output = acts.clamp(min=0)
     values = score(output, units)
+    if not redirect:
+        return values, values, output
     return values, torch.where(values > 0, values, score(acts, units)), output
 
 
@@ -164,11 +167,13 @@ def synthesize(model: nn.Module, objective: Objective, param: Parameterization,
                     x = transforms(x, gens)
                 # oneDNN's convolutions run markedly faster on channels-last input on CPU.
                 acts = truncated(x.contiguous(memory_format=torch.channels_last))
-                _check_units(acts, top_unit, objective.layer)
+                if not objective.matches:     # a match objective's units index its targets, not channels
+                    _check_units(acts, top_unit, objective.layer)
                 return acts
 
             def ascend(acts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-                values, ascended, output = ascent_values(score, acts, units_t, truncated.pre_activation)
+                values, ascended, output = ascent_values(score, acts, units_t, truncated.pre_activation,
+                                                         redirect=not objective.matches)
                 loss = -ascended.sum()                      # per-image terms: each image gets its own gradient
                 if diversity:
                     # Weighted by the objective's own size, so one `diversity` suits layers of any scale.
@@ -185,6 +190,13 @@ def synthesize(model: nn.Module, objective: Objective, param: Parameterization,
                             units=np.array([u for u, _ in per_image], dtype=np.int64),
                             transparency=torch.cat([d[3] for d in done]).numpy(),
                             clipped=torch.cat([d[4] for d in done]).numpy())
+
+
+def initial_pixels(param: Parameterization, units: Sequence[int], seed: int, device: str = "cpu") -> torch.Tensor:
+    """(N, C, H, W) in [0, 1]: the images `synthesize` starts from for `units` (first variants), before any step."""
+    gens = [torch.Generator().manual_seed(image_seed(seed, u, 0)) for u in units]
+    with torch.no_grad():
+        return param.images(gens, device).image()
 
 
 def _optimize(param: ImageParam, forward: Callable[[torch.Tensor, bool], torch.Tensor],
