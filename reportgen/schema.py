@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-SCHEMA_VERSION = 8   # 1: the first release (page context minus a blacklist); 2: data only, analyses by name;
+SCHEMA_VERSION = 9   # 1: the first release (page context minus a blacklist); 2: data only, analyses by name;
                      # 3: input sizes as [height, width]; 4: `accuracy` is the accuracy analysis' part,
                      # model and dataset `class_ids`, model `resize_size` and `interpolation`;
                      # 5: a filter's `circuits` is the sum of `terms[]`, each conv term's channels in `conv`
@@ -16,6 +16,8 @@ SCHEMA_VERSION = 8   # 1: the first release (page context minus a blacklist); 2:
                      #    and `unit_labels` (every channel's label per layer, filter, overview)
                      # 8: model.checkpoints: `evolution` (accuracy, loss per checkpoint) and
                      #    `evolution_layers` (CKA per layer, each filter's strip over the checkpoints)
+                     # 9: the lecture's other techniques: `inversion` and `deepdream` per layer (and
+                     #    filter), `adversarial`, `texture`
 
 
 class _Strict(BaseModel):
