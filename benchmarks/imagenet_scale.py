@@ -91,7 +91,7 @@ def stand_in_weights(torch_home: Path, model: str = "resnet18", weights: str = "
 
 def timed_build(spec) -> tuple[dict, float, list[str]]:
     """Build `spec` cold: ({phase: seconds} from the site's timings.json, total seconds, the build's log)."""
-    from reportgen.build import build
+    from reportgen.pipeline import build
 
     lines: list[str] = []
     t0 = time.perf_counter()
@@ -107,7 +107,7 @@ def pass_vs_bare(spec, repeats: int) -> tuple[float, float]:
     """(best pass seconds, best bare forward seconds) over the build's images, interleaved."""
     import torch
 
-    from reportgen.build import prepare
+    from reportgen.pipeline import prepare
     from reportgen.evidence import plan
     from reportgen.record import record
 

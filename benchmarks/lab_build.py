@@ -38,7 +38,7 @@ FEATURE_VIS_PHASES = ("feature_vis", "class_models")
 
 def build_lab(images: Path, feature_vis: dict, divide: int, only_feature_vis: bool = False) -> dict:
     """One cold build of the lab spec: {phases: {phase: s}, total, scaled: [phase], log}."""
-    from reportgen.build import build
+    from reportgen.pipeline import build
     from reportgen.spec import load_spec
 
     with tempfile.TemporaryDirectory() as tmp:

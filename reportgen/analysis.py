@@ -290,7 +290,7 @@ def _guarded(ctx: Context, a: Analysis, layer: Layer | None) -> tuple[Artifact |
         where = f"{a.name} on {layer.name}" if layer else a.name
         message = str(exc).splitlines()[0] if str(exc) else ""
         for folder in (ctx.spec.dataset.root, ctx.spec.spec_path):   # the report names no path of this machine
-            message = message.replace(f"{folder}/", "")
+            message = message.replace(f"{folder}/", "") if folder else message
         why = f"failed: {exc.__class__.__name__}: {message}".rstrip(": ")
         if ctx.strict:
             raise ReportgenError(f"--strict: {where} {why}") from exc

@@ -1,4 +1,4 @@
-"""Command line: `reportgen build|layers|clean|schema|serve`. The only place that prints errors and sets exit codes.
+"""Command line: `reportgen build|pdf|layers|clean|schema|serve`. The only place that prints errors and sets exit codes.
 
 Exit status: 0 success, 2 a ReportgenError (one line `error: ...`), 130 interrupted (Ctrl-C).
 """
@@ -23,10 +23,12 @@ def _warning(message, category, filename, lineno, file=None, line=None):
 
 
 def cmd_build(args) -> int:
-    from .build import build
+    from .pipeline import build
     from .spec import load_spec
-    from .build import pick_device
+    from .pipeline import pick_device
     from .distributed import PeerLost, init_from_env, shutdown
+    if args.max_size and args.single_file is None:   # before a long build, not after it
+        raise SpecError("--max-size", "sizes the --single-file bundle: add --single-file")
     spec = load_spec(args.spec)
     group = init_from_env(pick_device(spec.device))   # under torchrun: this process's rank
     try:
@@ -41,11 +43,47 @@ def cmd_build(args) -> int:
         return 0
     print(out / "index.html")
     if args.single_file is not None:
-        from .single_file import bundle
+        from .single_file import bundle_bytes, warn_if_large
         target = Path(args.single_file or f"{out}.html").absolute()
-        size = bundle(out, target)
-        _log(f"wrote {target} ({size / 2**20:.1f} MB)")
+        warn_if_large(target, _within(args.max_size, "the single file", lambda rung: bundle_bytes(out, rung), target))
         print(target)
+    return 0
+
+
+def _within(max_size: int | None, what: str, make, target: Path, ladder=None) -> int:
+    """Write `target` (atomically) from `make(rung) -> bytes`, at the first rung of the size ladder that fits
+    `max_size` (as it is without --max-size); log its size and what was reduced; return the size."""
+    from .artifacts import atomic_write_bytes
+    from .size_budget import FULL, LADDER, fit
+    data, rung = fit(make, max_size, what, ladder or LADDER) if max_size else (make(FULL), FULL)
+    atomic_write_bytes(target, data)
+    reduced = f"; {rung.describe()}" if rung != FULL else ""
+    _log(f"wrote {target} ({len(data) / 1e6:.2f} MB{reduced})")
+    return len(data)
+
+
+def cmd_pdf(args) -> int:
+    import json
+    from .pdf import pdf_bytes
+    from .size_budget import PDF_LADDER
+    from .printable import parse_filters
+    site = Path(args.spec_or_site)
+    if site.is_file():   # a spec: build it (cached analyses make this quick when it was built before)
+        from .pipeline import build
+        from .spec import load_spec
+        site = build(load_spec(site), use_cache=True, progress=not args.quiet, log=_log)
+    if not (site / "report.json").is_file():
+        raise SpecError("SPEC_OR_SITE", f"{str(site)!r} is neither a spec file nor a built site (no report.json)")
+    selection = parse_filters(args.filters, json.loads((site / "report.json").read_text(encoding="utf-8")))
+    target = Path(args.out).absolute()
+    sections = []
+
+    def make(rung) -> bytes:
+        data, sections[:] = pdf_bytes(site, selection, rung)
+        return data
+    _within(args.max_size, "the PDF", make, target, PDF_LADDER)
+    _log(f"{len(sections)} sections: " + ", ".join(s.title for s in sections))
+    print(target)
     return 0
 
 
@@ -98,6 +136,15 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def _size(text: str) -> int:
+    """argparse type of --max-size: the size in bytes (argparse prints the one-line error, exit 2)."""
+    from .size_budget import parse_size
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="reportgen", description="Turn a trained CNN into a browsable report.")
     parser.add_argument("--version", action="version", version=f"reportgen {__version__}")
@@ -112,7 +159,20 @@ def main(argv: list[str] | None = None) -> int:
                    help="fail when a part of the report cannot be made for this model (default: a note in the report)")
     p.add_argument("--single-file", nargs="?", const="", default=None, metavar="HTML",
                    help="also write the whole site as one .html (default: OUTPUT.html)")
+    p.add_argument("--max-size", type=_size, metavar="SIZE",
+                   help="with --single-file: lower image quality and leave out downloads until the file fits, "
+                        "e.g. 5MB or 800KB (fails, writing nothing, when it cannot fit)")
     p.set_defaults(func=cmd_build)
+    p = sub.add_parser("pdf", help="a printable PDF of a built site (overview, chosen layers and filters, "
+                                   "attribution), for submission")
+    p.add_argument("spec_or_site", metavar="SPEC_OR_SITE", help="a built site, or a spec (built first if needed)")
+    p.add_argument("--filters", metavar="LAYER:F,...",
+                   help="filters to include, e.g. block3_conv1:31,block2_conv2:0-3 (default: the first "
+                        "two shown of each layer)")
+    p.add_argument("--out", default="report.pdf", help="the PDF to write (default: report.pdf)")
+    p.add_argument("--max-size", type=_size, metavar="SIZE", help="lower image quality until the PDF fits, e.g. 5MB")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_pdf)
     p = sub.add_parser("layers", help="list the model's layers (path, alias, type, output shape)")
     p.add_argument("spec")
     p.set_defaults(func=cmd_layers)

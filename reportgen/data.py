@@ -149,6 +149,8 @@ def load_dataset(spec: DatasetSpec, input_size: int | tuple[int, int], resize: i
     DataError (bad contents)."""
     root = spec.root
     input_size, resize = as_hw(input_size), as_hw(resize)
+    if spec.format == "memory":
+        return _memory_dataset(spec.data, _MemoryReader(spec.data, resize, input_size, channels, interpolation))
     if not root.is_dir():
         raise SpecError("dataset.root", f"no directory {str(root)!r}")
     if spec.format in ("fashion-mnist", "mnist"):
@@ -180,6 +182,63 @@ def load_dataset(spec: DatasetSpec, input_size: int | tuple[int, int], resize: i
         raise DataError(f"{root}: the dataset is empty")
     fingerprint = hashlib.sha256(f"{spec.format}:{spec.split}:{len(labels)}:{digest}".encode()).hexdigest()
     return Dataset(spec.format, len(labels), list(classes), np.asarray(labels, np.int64), fingerprint, names, reader)
+
+
+class _MemoryReader:
+    """Items of an in-memory dataset (the Python API's `dataset.data`): item i is (image, label), the image a PIL
+    image or a (C, H, W) / (H, W) tensor or array, float in [0, 1] (torchvision's ToTensor) or uint8."""
+
+    def __init__(self, data, resize: tuple[int, int], crop: tuple[int, int], channels: int, interpolation: str):
+        self.data, self.resize, self.crop, self.channels = data, resize, crop, channels
+        self.interpolation = interpolation
+
+    def __call__(self, index: int) -> np.ndarray:
+        try:
+            image = self.data[index][0]
+        except Exception as exc:  # noqa: BLE001 - the user's __getitem__: any failure is this item's
+            raise DataError(f"data[{index}]: reading the item failed ({exc.__class__.__name__}: {exc})") from None
+        return to_model_image(_as_pil(image, index), self.resize, self.crop, self.channels, self.interpolation)
+
+
+def _as_pil(image, index: int) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image
+    arr = image.detach().cpu().numpy() if torch.is_tensor(image) else np.asarray(image)
+    arr = arr[None] if arr.ndim == 2 else arr
+    if arr.ndim != 3 or arr.shape[0] not in (1, 3):
+        raise DataError(f"data[{index}]: an image of shape {tuple(arr.shape)} is not (C, H, W) with 1 or 3 channels")
+    if arr.dtype != np.uint8:   # [0, 1] floats; ToTensor's x / 255 comes back exactly
+        arr = np.clip(np.rint(arr.astype(np.float64) * 255), 0, 255).astype(np.uint8)
+    return Image.fromarray(arr[0]) if arr.shape[0] == 1 else Image.fromarray(arr.transpose(1, 2, 0).copy())
+
+
+FINGERPRINT_ITEMS = 32
+
+
+def _memory_dataset(data, reader: _MemoryReader) -> Dataset:
+    """An in-memory dataset has no file to hash: its fingerprint (the cache key) hashes its length, every label and
+    the model-size pixels of FINGERPRINT_ITEMS evenly spaced items. Labels come from `data.targets` where it has
+    them (torchvision's datasets), else from reading every item once."""
+    n = len(data)
+    if n == 0:
+        raise DataError("dataset.data is empty")
+    targets = getattr(data, "targets", None)
+    try:
+        raw = targets if targets is not None and len(targets) == n else [data[i][1] for i in range(n)]
+        labels = np.asarray([int(t) for t in raw], np.int64)
+    except (TypeError, ValueError, IndexError) as exc:
+        raise DataError(f"dataset.data: an item's label is not an int ({exc}); items must be (image, label)") from None
+    if labels.min() < 0:
+        raise DataError(f"dataset.data: label {int(labels.min())} is negative; labels are the model's output indices")
+    named = getattr(data, "classes", None)
+    count = int(labels.max()) + 1
+    classes = [str(c) for c in named] if isinstance(named, (list, tuple)) and len(named) >= count else \
+        [f"class {i}" for i in range(count)]
+    h = hashlib.sha256(f"memory:{n}:{len(classes)};".encode())
+    h.update(labels.tobytes())
+    for i in np.unique(np.linspace(0, n - 1, FINGERPRINT_ITEMS).round().astype(int)):
+        h.update(reader(int(i)).tobytes())
+    return Dataset("memory", n, classes, labels, h.hexdigest(), [f"data[{i}]" for i in range(n)], reader)
 
 
 class _SafeUnpickler(pickle.Unpickler):

@@ -4,6 +4,7 @@ Returns a `LoadedModel`: the eval-mode module plus what the report needs to feed
 name its outputs (classes, input size, channels, mean/std) and the sha256 of its weights.
 """
 
+import copy
 import hashlib
 import importlib
 import math
@@ -74,11 +75,15 @@ def load_model(spec: ModelSpec, spec_dir: Path) -> LoadedModel:
     elif spec.timm:
         from .timm_models import from_timm   # imported only here: importing timm takes seconds
         module, info = from_timm(spec)
-    elif spec.factory:
-        module = _from_factory(spec.factory, spec_dir)
-        info = {"source": f"factory {spec.factory}"}
+    elif spec.factory or spec.module is not None:
+        if spec.module is not None:
+            # a copy: eval mode, frozen weights and the device move must not change the caller's model
+            module, target = copy.deepcopy(spec.module), f"model.module ({type(spec.module).__name__})"
+        else:
+            module, target = _from_factory(spec.factory, spec_dir), spec.factory
+        info = {"source": f"factory {spec.factory}" if spec.factory else f"in-memory {type(module).__name__}"}
         if spec.checkpoint:
-            _load_state_dict(module, spec.checkpoint, spec.trust_checkpoint, spec.factory)
+            _load_state_dict(module, spec.checkpoint, spec.trust_checkpoint, target)
             info["source"] += f" + {spec.checkpoint.name}"
     else:
         module = _load_checkpoint_module(spec.checkpoint, spec.trust_checkpoint)

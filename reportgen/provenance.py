@@ -28,7 +28,8 @@ def normalized_spec(spec, site: Path) -> str:
     def rel(value: str) -> str:
         return os.path.relpath(value, base) if os.path.isabs(value) else value
     data["output"] = rel(data["output"])
-    data["dataset"]["root"] = rel(data["dataset"]["root"])
+    if "root" in data["dataset"]:   # an in-memory dataset has none
+        data["dataset"]["root"] = rel(data["dataset"]["root"])
     if "checkpoint" in data["model"]:
         data["model"]["checkpoint"] = rel(data["model"]["checkpoint"])
     if isinstance(data["model"].get("classes"), str):

@@ -7,13 +7,18 @@ the explorers' sprite sheets sit in CSS variables (--rg-sprite-0, ...) as data U
 """
 
 import base64
+import gzip
+import io
 import mimetypes
 import posixpath
 import re
 import warnings
 from pathlib import Path
 
+from PIL import Image
+
 from .artifacts import atomic_write_bytes
+from .size_budget import FULL, Rung
 
 WARN_BYTES = 50 * 1024 * 1024
 _PIXEL = "data:image/gif;base64,R0lGODlhAQABAAAAACH5BAEKAAEALAAAAAABAAEAAAICTAEAOw=="
@@ -21,6 +26,8 @@ _MAIN = re.compile(r"<main>(.*?)</main>", re.S)
 _SCRIPTS = re.compile(r"<script\b[^>]*>.*?</script>", re.S)
 _ATTR = re.compile(r'(src|href)="([^"#:]*)(#[^"]*)?"')
 _ID = re.compile(r'(?<![\w-])id="([^"]+)"')
+_CARD = re.compile(r'<figure class="card">\s*<img[^>]*?src="[^"]*/f\d+_box(\d+)\.png"[^>]*>.*?</figure>\s*', re.S)
+_THUMB = re.compile(r'<img[^>]*?src="[^"]*/f\d+_(?:patch|gb)(\d+)\.png"[^>]*>\s*')
 _SPRITE_ARG = re.compile(r'"url","(?:\.\./)*img/sprite-\{\}\.webp"')
 
 
@@ -33,13 +40,44 @@ def _data_uri(path: Path) -> str:
     return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"
 
 
+def _fewer_thumbs(body: str, keep: int) -> str:
+    """`body` without the filter pages' top-image cards, patches and guided-backprop maps of rank >= `keep`
+    (their file names carry the rank: fN_boxR, fN_patchR, fN_gbR)."""
+    body = _CARD.sub(lambda m: "" if int(m.group(1)) >= keep else m.group(0), body)
+    return _THUMB.sub(lambda m: "" if int(m.group(1)) >= keep else m.group(0), body)
+
+
 def _sprite_var(text: str) -> str:
     """Point the explorers' thumbnails at the CSS variables holding the sprite sheets ("{}": the sheet number)."""
     return _SPRITE_ARG.sub('"url","var(--rg-sprite-{})"', text)
 
 
-def bundle(site: Path, out: Path) -> int:
+def bundle(site: Path, out: Path, rung: Rung = FULL) -> int:
     """Write `out` from the built `site`; returns its size in bytes (warns past 50 MB)."""
+    data = bundle_bytes(site, rung)
+    atomic_write_bytes(Path(out), data)
+    warn_if_large(Path(out), len(data))
+    return len(data)
+
+
+def warn_if_large(out: Path, size: int) -> None:
+    if size > WARN_BYTES:
+        warnings.warn(f"{out.name} is {size / 2**20:.0f} MB; course sites often refuse files past 50 MB: use "
+                      "fewer layers/filters or record.top_k, or --max-size", stacklevel=3)
+
+
+def _picture_uri(path: Path, quality: int | None) -> str:
+    """`path` as a data: URI; with `quality`, re-encoded as lossy WebP of that quality (--max-size)."""
+    if quality is None:
+        return _data_uri(path)
+    buf = io.BytesIO()
+    with Image.open(path) as img:
+        img.save(buf, "WEBP", quality=quality)
+    return f"data:image/webp;base64,{base64.b64encode(buf.getvalue()).decode()}"
+
+
+def bundle_bytes(site: Path, rung: Rung = FULL) -> bytes:
+    """The single file of the built `site`, its pictures and downloads as `rung` says (size_budget.py)."""
     site = Path(site)
     pages = sorted(p.relative_to(site).as_posix() for p in site.rglob("*.html"))
     pages.remove("index.html")
@@ -54,7 +92,8 @@ def bundle(site: Path, out: Path) -> int:
     shared = {i for i, n in seen.items() if n > 1}   # e.g. section headings: made unique per page
     assets: dict[str, str] = {}   # site path -> key; a picture shown on many pages is stored once
     sheets = sorted((site / "img").glob("sprite-*.webp"), key=lambda p: int(p.stem.split("-")[1]))
-    sprite_css = ":root{" + ";".join(f"--{p.stem.replace('sprite', 'rg-sprite')}:url({_data_uri(p)})"
+    sprite_css = ":root{" + ";".join(f"--{p.stem.replace('sprite', 'rg-sprite')}:"
+                                     f"url({_picture_uri(p, rung.quality)})"
                                      for p in sheets) + "}" if sheets else ""
     for rel in pages:
         html = htmls[rel]
@@ -83,9 +122,11 @@ def bundle(site: Path, out: Path) -> int:
                 key = assets.setdefault(full, f"a{len(assets)}")
                 return f'src="{_PIXEL}" data-rg-asset="{key}"'
             if (site / full).is_file():
+                if attr == "href" and not rung.downloads:   # a raw-data download: left to the site
+                    return ""
                 return f'{attr}="{_data_uri(site / full)}"'
             return m.group(0)
-        body = _ATTR.sub(rewrite, body)
+        body = _ATTR.sub(rewrite, _fewer_thumbs(body, rung.thumbs) if rung.thumbs else body)
         inline = [s for s in _SCRIPTS.findall(html.split("</main>", 1)[1] if "</main>" in html else "")
                   if "src=" not in s.split(">", 1)[0]]
         page_scripts += [_sprite_var(s) for s in inline]
@@ -95,24 +136,45 @@ def bundle(site: Path, out: Path) -> int:
     css = (site / "static" / "style.css").read_text(encoding="utf-8")
     title = re.search(r"<title>(.*?)</title>", index, re.S).group(1)
     libs = "".join(f"<script>{code}</script>" for code in head_scripts.values())
-    table = ",".join(f'"{k}":"{_data_uri(site / path)}"' for path, k in assets.items())
-    loader = ("<script>(function(){var A={" + table + "};document.querySelectorAll('img[data-rg-asset]')"
-              ".forEach(function(i){i.src=A[i.dataset.rgAsset];});})();</script>")
+    table = ("<script>var RG_ASSETS={" + ",".join(f'"{k}":"{_picture_uri(site / path, rung.quality)}"'
+                                                  for path, k in assets.items()) + "};</script>")
+    loader = ("<script>document.querySelectorAll('img[data-rg-asset]')"
+              ".forEach(function(i){i.src=RG_ASSETS[i.dataset.rgAsset];});</script>")
+    # rgReady: the sections are in place (at once, or once a packed file has unpacked itself)
     router = ("<script>function show(){var id=location.hash.slice(1),el=document.getElementById(id);"
               "var page=el?el.closest('section.page'):null;if(!page){page=document.querySelector('section.page');}"
               "document.querySelectorAll('section.page').forEach(function(s){s.hidden=(s!==page);});"
               "document.title=page.dataset.title;if(el&&el!==page){el.scrollIntoView();}else{window.scrollTo(0,0);}}"
-              "window.addEventListener('hashchange',show);show();</script>")
+              "window.addEventListener('hashchange',show);show();document.documentElement.dataset.rgReady='1';"
+              "</script>")
     nav = re.search(r'<header class="site-header">.*?</header>', index, re.S).group(0)
     nav = _ATTR.sub(lambda m: f'href="#{page_id(posixpath.normpath(m.group(2)))}"' if m.group(2).endswith(".html")
                     else m.group(0), nav)
-    doc = (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-           f'<meta name="viewport" content="width=device-width, initial-scale=1">\n<title>{title}</title>\n'
-           f"<style>{css}{sprite_css}</style>\n{libs}\n</head>\n<body>\n{nav}\n<main>\n" + "\n".join(sections)
-           + "\n</main>\n" + loader + "\n".join(page_scripts) + router + "\n</body>\n</html>\n")
-    data = doc.encode("utf-8")
-    atomic_write_bytes(Path(out), data)
-    if len(data) > WARN_BYTES:
-        warnings.warn(f"{Path(out).name} is {len(data) / 2**20:.0f} MB; course sites often refuse files "
-                      "past 50 MB: use fewer layers/filters or record.top_k", stacklevel=2)
-    return len(data)
+    head = (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n<title>{title}</title>\n'
+            f"<style>{css}{sprite_css}</style>\n")
+    note = "" if rung == FULL else f'<p class="reduced">Reduced to fit: {rung.describe()}; the site has it all.</p>\n'
+    pages_html = f"{nav}\n<main>\n{note}" + "\n".join(sections) + "\n</main>\n"
+    scripts = loader + "\n".join(page_scripts) + router   # run once the pages are in place
+    if rung.packed:   # the asset table stays outside: base64 pictures do not compress
+        doc = head + "</head>\n<body>\n" + table + _packed(libs + pages_html + scripts)
+    else:
+        doc = head + libs + "\n</head>\n<body>\n" + pages_html + table + scripts
+    return (doc + "\n</body>\n</html>\n").encode("utf-8")
+
+
+# Unpacks the gzip of the page's markup and scripts (the browser's own DecompressionStream: Chrome 80,
+# Firefox 113, Safari 16.4), inserts it, then runs its scripts in order (scripts set by innerHTML never run).
+_UNPACK = ("<script>(function(){var b=atob(document.getElementById('rg-packed').textContent),"
+           "u=new Uint8Array(b.length);for(var i=0;i<b.length;i++)u[i]=b.charCodeAt(i);"
+           "var old=new Set(document.scripts);"
+           "new Response(new Blob([u]).stream().pipeThrough(new DecompressionStream('gzip'))).text()"
+           ".then(function(h){document.body.insertAdjacentHTML('beforeend',h);"
+           "[...document.scripts].filter(function(s){return !old.has(s);}).forEach(function(s){"
+           "var n=document.createElement('script');n.text=s.text;s.replaceWith(n);});});})();</script>")
+
+
+def _packed(html: str) -> str:
+    """`html` as a gzip in base64 and the script that unpacks it: text (pages, BokehJS) shrinks ~6x."""
+    data = base64.b64encode(gzip.compress(html.encode("utf-8"), compresslevel=9, mtime=0)).decode()
+    return f'<script id="rg-packed" type="application/octet-stream">{data}</script>{_UNPACK}'

@@ -10,10 +10,11 @@ import glob
 import os
 import re
 from pathlib import Path
-from typing import Literal, Union
+from typing import Annotated, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator,
+                      model_validator)
 
 from .errors import SpecError
 
@@ -47,6 +48,10 @@ class ModelSpec(_Section):
         "checkpoints of one architecture, oldest first: a list of {name, path}, or a glob (natural sort, names "
         "from the file stems); at least 2. The report is built for the last one; an Evolution page compares them"))
     factory: str | None = None
+    # Python API only (reportgen.build): an object is no YAML value, and no file to hash or to name in the report
+    module: object = Field(None, exclude=True, description=(
+        "Python API: an in-memory torch nn.Module (copied, so the caller's stays as it was); with 'checkpoint(s)' "
+        "it is the architecture the weights are loaded into"))
     trust_checkpoint: bool = False
     input_size: int | tuple[int, int] | None = Field(
         None, description="the side of a square input, or [height, width]; each 8 to 2048 px")
@@ -96,6 +101,15 @@ class ModelSpec(_Section):
             raise ValueError("give a list of {name, path} or a glob like 'runs/epoch*.pt'")
         return v
 
+    @field_validator("module")
+    @classmethod
+    def _module(cls, v):
+        from torch import nn   # only here: a YAML spec never has a module, and importing torch takes seconds
+        if v is not None and not isinstance(v, nn.Module):
+            raise ValueError(f"a {type(v).__name__} is not a torch nn.Module; pass the model object itself "
+                             "(reportgen.build({'model': {'module': net, ...}, ...}))")
+        return v
+
     @field_validator("factory")
     @classmethod
     def _factory_syntax(cls, v):
@@ -109,7 +123,10 @@ class ModelSpec(_Section):
             raise ValueError("give either 'torchvision' or 'checkpoint'/'factory', not both")
         if self.timm and (self.torchvision or self.factory):
             raise ValueError(f"give either 'timm' or '{'torchvision' if self.torchvision else 'factory'}', not both")
-        if not (self.torchvision or self.timm or self.checkpoint or self.checkpoints or self.factory):
+        if self.module is not None and (self.torchvision or self.timm or self.factory):
+            raise ValueError("give either 'module' or 'torchvision'/'timm'/'factory', not both")
+        if not (self.torchvision or self.timm or self.checkpoint or self.checkpoints or self.factory
+                or self.module is not None):
             raise ValueError("name the model: 'torchvision: NAME', 'timm: NAME', 'checkpoint: PATH' "
                              "or 'factory: module:callable'")
         if self.weights and not self.torchvision:
@@ -163,6 +180,36 @@ class DatasetSpec(_Section):
             raise ValueError("'labels: folder' trusts class folders' order, but 'labels_file' gives the labels; "
                              "remove one of them")
         return self
+
+
+class MemoryDatasetSpec(DatasetSpec):
+    """Python API only: `data` is an in-memory map-style torch Dataset whose item i is (image, label): a PIL image
+    or a (C, H, W) tensor/array, float in [0, 1] or uint8; label an int (the model's output index). Its classes
+    are `data.classes` where it has them. It has no file: its fingerprint (the cache key) hashes its length, every
+    label and the pixels of 32 evenly spaced items (data.py, `memory_fingerprint`)."""
+    format: Literal["memory"] = "memory"
+    root: Path | None = None
+    data: object = Field(exclude=True)
+
+    @field_validator("format", "root", "labels_file", mode="before")
+    @classmethod
+    def _file_keys(cls, v):
+        raise ValueError("is for datasets read from files; 'data' (an in-memory dataset) replaces it: remove it")
+
+    @field_validator("data")
+    @classmethod
+    def _data(cls, v):
+        if not (hasattr(v, "__getitem__") and hasattr(v, "__len__")):
+            raise ValueError(f"a {type(v).__name__} is not a dataset; pass a map-style torch Dataset "
+                             "(__len__, and __getitem__ returning (image, label))")
+        return v
+
+
+def _dataset_kind(v) -> str:
+    """Which dataset section a value is: in memory when it has `data`. The tags hold '-' so that `key_path`
+    leaves them out of the dotted key."""
+    memory = "data" in v if isinstance(v, dict) else isinstance(v, MemoryDatasetSpec)
+    return "dataset-memory" if memory else "dataset-files"
 
 
 FilterSel = Union[list[int], str, int]
@@ -396,7 +443,8 @@ class Spec(_Section):
     output: Path = Path("site")
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     model: ModelSpec
-    dataset: DatasetSpec
+    dataset: Annotated[Union[Annotated[DatasetSpec, Tag("dataset-files")],
+                             Annotated[MemoryDatasetSpec, Tag("dataset-memory")]], Discriminator(_dataset_kind)]
     layers: list[LayerSpec] = Field(min_length=1)
     record: RecordSpec = Field(default_factory=RecordSpec)
     feature_vis: FeatureVisSpec = Field(default_factory=FeatureVisSpec)
@@ -479,6 +527,14 @@ def load_spec(path: str | Path) -> Spec:
                                   f"{getattr(exc, 'problem', None) or exc}") from None
     if not isinstance(raw, dict):
         raise SpecError("(spec)", f"{path.name} must be a YAML mapping of keys like 'model:', 'dataset:', 'layers:'")
+    spec = validate_spec(raw, path.resolve().parent)
+    spec.spec_file = path.resolve()
+    return spec
+
+
+def validate_spec(raw: dict, base: Path) -> Spec:
+    """A spec mapping (a YAML file's, or the Python API's dict) → the Spec, relative paths resolved against `base`
+    (the spec file's directory). Raises SpecError (first error; all listed in `.errors`)."""
     try:
         spec = Spec.model_validate(raw)
     except ValidationError as exc:
@@ -491,9 +547,7 @@ def load_spec(path: str | Path) -> Spec:
         raise SpecError("dataset.concepts", "is read only by unit_labels and concepts, both turned off; "
                                             "enable one of them or remove the key")
     _check_texture(spec)
-    spec = _resolve_paths(spec, path.resolve().parent)
-    spec.spec_file = path.resolve()
-    return spec
+    return _resolve_paths(spec, base)
 
 
 def _check_texture(spec: Spec) -> None:
@@ -515,7 +569,8 @@ def _resolve_paths(spec: Spec, base: Path) -> Spec:
         return Path(os.path.normpath(p if p.is_absolute() else base / p))
     spec.spec_path = base
     spec.output = rel(spec.output)
-    spec.dataset.root = rel(spec.dataset.root)
+    if spec.dataset.root is not None:   # None: an in-memory dataset (MemoryDatasetSpec)
+        spec.dataset.root = rel(spec.dataset.root)
     if spec.dataset.labels_file:
         spec.dataset.labels_file = rel(spec.dataset.labels_file)
     if spec.dataset.concepts:

@@ -10,7 +10,7 @@ import pytest
 
 from reportgen.analyses import ANALYSES
 from reportgen.analysis import Analysis, check_analyses, ordered, run_analyses
-from reportgen.build import build, prepare
+from reportgen.pipeline import build, prepare
 from reportgen.errors import ReportgenError
 from reportgen.evidence import gather_evidence
 from reportgen.schema import json_schema, report_model

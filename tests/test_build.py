@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from reportgen.build import build
+from reportgen.pipeline import build
 from reportgen.data import subset_indices
 from reportgen.idx import load_idx_split
 from reportgen.spec import load_spec

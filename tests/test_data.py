@@ -166,7 +166,7 @@ def test_imagefolder_names_and_skip_messages_are_relative_to_the_root(tmp_path):
 
 
 def test_a_built_site_names_no_absolute_path(tmp_path):
-    from reportgen.build import build
+    from reportgen.pipeline import build
     from reportgen.spec import load_spec
 
     data = tmp_path / "data"

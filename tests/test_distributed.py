@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reportgen.build import prepare
+from reportgen.pipeline import prepare
 from reportgen.distributed import SHARD_BATCHES, Group, fixed_shards
 from reportgen.evidence import gather_evidence
 from reportgen.record import layer_to_arrays

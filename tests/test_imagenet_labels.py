@@ -20,7 +20,7 @@ from PIL import Image
 from timm.data import ImageNetInfo
 
 from reportgen import imagenet
-from reportgen.build import build
+from reportgen.pipeline import build
 from reportgen.cli import main
 from reportgen.data import load_dataset
 from reportgen.errors import SpecError

@@ -9,7 +9,7 @@ import torch
 import torchvision
 from PIL import Image
 
-from reportgen.build import build
+from reportgen.pipeline import build
 from reportgen.models import weights_cache_path
 from reportgen.spec import load_spec
 

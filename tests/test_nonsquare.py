@@ -15,7 +15,7 @@ from PIL import Image
 from torch import nn
 
 from reportgen.analyses.explorer import fit_within, thumbnails
-from reportgen.build import build
+from reportgen.pipeline import build
 from reportgen.cli import main
 from reportgen.spec import load_spec
 from tests.helpers.tiny import write_imagefolder

@@ -10,7 +10,7 @@ from PIL import Image
 from sklearn.decomposition import PCA
 from sklearn.manifold import trustworthiness
 
-from reportgen.build import build, prepare
+from reportgen.pipeline import build, prepare
 from reportgen.data import subset_indices
 from reportgen.evidence import gather_evidence
 from reportgen.idx import load_idx_split

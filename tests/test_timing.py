@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from reportgen.build import build
+from reportgen.pipeline import build
 from reportgen.cli import main
 from reportgen.spec import load_spec
 from reportgen.timing import Probe, Rate, Timer, Work, duration, estimate_text, tsne_seconds

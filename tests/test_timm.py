@@ -19,7 +19,7 @@ import timm.data
 import torch
 from PIL import Image
 
-from reportgen.build import build
+from reportgen.pipeline import build
 from reportgen.data import load_dataset
 from reportgen.errors import ModelError, SpecError
 from reportgen.layers import list_layers

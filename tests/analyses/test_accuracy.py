@@ -10,7 +10,7 @@ import torch
 from sklearn.metrics import confusion_matrix, top_k_accuracy_score
 
 from reportgen.analyses.accuracy import count_hits
-from reportgen.build import build
+from reportgen.pipeline import build
 from reportgen.data import load_dataset, subset_indices
 from reportgen.demo import fashion_cnn
 from reportgen.idx import load_idx_split

@@ -15,7 +15,7 @@ from torch import nn
 from reportgen.analyses.attribution import randomized_copy, saliency
 from reportgen.analyses.attribution.deletion import area, blurred, pixel_order, step_counts
 from reportgen.analyses.attribution_trust import MARGIN, AttributionTrust, blur_sigma, curves, orders, verdict
-from reportgen.build import build
+from reportgen.pipeline import build
 from reportgen.errors import SpecError
 from reportgen.spec import load_spec
 from tests.helpers.tiny import write_mnist

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from reportgen.build import build
+from reportgen.pipeline import build
 from reportgen.data import load_idx_split
 from reportgen.spec import load_spec
 from tests.helpers.block_models import blocks

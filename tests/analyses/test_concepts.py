@@ -15,7 +15,7 @@ from torch import nn
 from reportgen.analyses.concepts import Concepts
 from reportgen.analyses.featvis import Objective, Optimizer, Parameterization, RandomAffine, synthesize
 from reportgen.analysis import check_analyses, run_analyses
-from reportgen.build import build, prepare
+from reportgen.pipeline import build, prepare
 from reportgen.evidence import gather_evidence
 from reportgen.idx import load_idx_split
 from reportgen.schema import report_model

@@ -16,7 +16,7 @@ from reportgen.checkpoints import checkpoint_passes
 from reportgen.cli import main
 from reportgen.errors import SpecError
 from reportgen.evidence import gather_evidence
-from reportgen.build import prepare
+from reportgen.pipeline import prepare
 from reportgen.idx import load_idx_split
 from reportgen.spec import load_spec
 from tests.helpers.tiny import FASHION_DIR, TinyCNN, tiny_cnn

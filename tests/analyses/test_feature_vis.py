@@ -13,7 +13,7 @@ import torch
 
 import reportgen.analyses.feature_vis as feature_vis
 from reportgen.analyses.featvis import Optimizer
-from reportgen.build import build
+from reportgen.pipeline import build
 from reportgen.spec import FeatureVisSpec, load_spec
 from tests.helpers.tiny import FASHION_DIR
 

@@ -15,7 +15,7 @@ import torch
 from reportgen.analyses.amplitude_spectrum import AmplitudeSpectrum, at_size
 from reportgen.analyses.featvis import Objective, Optimizer, Parameterization, RandomAffine, maco_image, synthesize
 from reportgen.analysis import check_analyses, run_analyses
-from reportgen.build import build, prepare
+from reportgen.pipeline import build, prepare
 from reportgen.errors import SpecError
 from reportgen.spec import load_spec
 from tests.helpers.tiny import FASHION_DIR, TinyCNN, write_imagefolder, write_mnist

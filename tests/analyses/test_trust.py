@@ -13,7 +13,7 @@ from scipy.stats import spearmanr
 from sklearn.neighbors import NearestNeighbors
 
 from reportgen.analyses import trust
-from reportgen.build import build
+from reportgen.pipeline import build
 from reportgen.idx import load_idx_split
 from reportgen.spec import load_spec
 from tests.helpers.fooling import fooling_cnn

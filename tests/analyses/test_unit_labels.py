@@ -12,7 +12,7 @@ import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from reportgen.analyses import unit_labels as ul
-from reportgen.build import build
+from reportgen.pipeline import build
 from reportgen.errors import SpecError
 from reportgen.idx import load_idx_split
 from reportgen.spec import load_spec

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from reportgen.build import build
+from reportgen.pipeline import build
 from reportgen.serve import make_server
 from reportgen.single_file import bundle
 from reportgen.spec import load_spec

@@ -4,7 +4,7 @@ phone screen, show their terms and kernels, and pass axe-core."""
 
 import pytest
 
-from reportgen.build import build
+from reportgen.pipeline import build
 from reportgen.spec import load_spec
 from tests.analyses.test_circuits_blocks import SPEC
 from tests.browser.crawler import AXE_RUN_JS

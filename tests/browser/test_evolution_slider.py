@@ -17,7 +17,7 @@ from scipy.spatial import procrustes as scipy_procrustes
 from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE, trustworthiness
 
-from reportgen.build import build
+from reportgen.pipeline import build
 from reportgen.spec import load_spec
 from tests.browser.conftest import SPEC
 from tests.browser.explorer import hover_tooltip, locate_point, tooltip_index

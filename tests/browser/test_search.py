@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from reportgen.build import build
+from reportgen.pipeline import build
 from reportgen.single_file import bundle, page_id
 from reportgen.spec import load_spec
 from tests.browser.crawler import AXE_RUN_JS

@@ -1,6 +1,8 @@
 """`--single-file`: one .html with every image, plot and page inlined; links between its sections work and no
 request leaves the file."""
 
+import base64
+import gzip
 import re
 
 import pytest
@@ -9,16 +11,24 @@ from playwright.sync_api import Error as PlaywrightError
 from tests.browser.crawler import COLLECT_JS, PLOTS_DONE_JS
 from tests.browser.explorer import hover_tooltip, locate_point, shown_pixels, tooltip_index
 from tests.browser.test_site import listing
-from reportgen.single_file import page_id
+from reportgen.single_file import bundle, page_id
+from reportgen.size_budget import FULL, LADDER
 
 pytestmark = pytest.mark.browser
 
 
-@pytest.fixture(scope="module")
-def opened(browser, built):
+# the single file as --single-file writes it, and the smallest rung of --max-size (packed, pictures re-encoded)
+VARIANTS = {"full": FULL, "reduced": LADDER[-1]}
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def opened(browser, built, request, tmp_path_factory):
     """The single file open in Chromium, every request other than the file itself recorded and aborted, with
-    its console errors; yields (page, requests, errors, sections) and closes it."""
+    its console errors; yields (page, requests, errors, sections, file) and closes it."""
     site, single = built
+    if request.param != "full":
+        single = tmp_path_factory.mktemp("reduced") / "site.html"
+        bundle(site, single, VARIANTS[request.param])
     url = single.as_uri()
     context = browser.new_context(viewport={"width": 1280, "height": 900}, device_scale_factor=1)
     page = context.new_page()
@@ -35,9 +45,17 @@ def opened(browser, built):
     page.on("console", lambda m: m.type == "error" and errors.append(m.text))
     page.on("pageerror", lambda exc: errors.append(f"uncaught {exc}"))
     page.goto(url, wait_until="load")
+    page.wait_for_function("() => document.documentElement.dataset.rgReady === '1'")   # a packed file unpacks
     sections = sorted(p.relative_to(site).as_posix() for p in site.rglob("*.html"))
-    yield page, requests, errors, sections
+    yield page, requests, errors, sections, single
     context.close()
+
+
+def markup(single) -> str:
+    """The file's markup, a packed file's payload unpacked (what the browser inserts)."""
+    text = single.read_text(encoding="utf-8")
+    packed = re.search(r'<script id="rg-packed" type="application/octet-stream">([^<]*)</script>', text)
+    return text if not packed else text + gzip.decompress(base64.b64decode(packed.group(1))).decode("utf-8")
 
 
 def show(page, section: str):
@@ -48,7 +66,7 @@ def show(page, section: str):
 
 
 def test_every_page_is_a_section_and_shows_alone(opened):
-    page, requests, errors, sections = opened
+    page, requests, errors, sections, single = opened
     ids = page.evaluate("() => [...document.querySelectorAll('section.page')].map(s => s.id)")
     assert sorted(ids) == sorted(page_id(rel) for rel in sections)
     for rel in sections:
@@ -59,12 +77,12 @@ def test_every_page_is_a_section_and_shows_alone(opened):
         assert page.title() == page.evaluate("(id) => document.getElementById(id).dataset.title", page_id(rel))
 
 
-def test_everything_is_inlined_and_no_request_leaves_the_file(opened, built):
-    page, requests, errors, sections = opened
+def test_everything_is_inlined_and_no_request_leaves_the_file(opened):
+    page, requests, errors, sections, single = opened
     # the markup: no attribute and no CSS url() refers to anything but a data: URI or a fragment of the file
     # (script bodies left out: inlined BokehJS mentions a CDN for math text it never renders here; what
     # scripts fetch is caught below, as requests)
-    text = re.sub(r"(<script\b[^>]*>).*?(</script>)", r"\1\2", built[1].read_text(encoding="utf-8"), flags=re.S)
+    text = re.sub(r"(<script\b[^>]*>).*?(</script>)", r"\1\2", markup(single), flags=re.S)
     refs = re.findall(r'\b(?:src|href)="(?!data:|#)([^"]*)"', text)
     urls = [u for u in re.findall(r"url\(\s*['\"]?(?:&quot;)?([^'\")&]+)", text) if not u.startswith("data:")]
     assert not refs, f"references to other files: {refs[:10]}"
@@ -79,7 +97,7 @@ def test_everything_is_inlined_and_no_request_leaves_the_file(opened, built):
 
 
 def test_links_between_sections_work(opened):
-    page, requests, errors, sections = opened
+    page, requests, errors, sections, single = opened
     anchors = page.evaluate("() => [...document.querySelectorAll('a[href]')].map(a => a.getAttribute('href'))")
     outside = [a[:80] for a in anchors if not a.startswith(("#", "data:"))]   # data: = an inlined download
     missing = sorted({a for a in anchors if a.startswith("#")
@@ -101,7 +119,7 @@ def test_links_between_sections_work(opened):
 
 
 def test_plots_render_and_hover_shows_a_thumbnail(opened):
-    page, requests, errors, sections = opened
+    page, requests, errors, sections, single = opened
     with_plots = [rel for rel in sections
                   if page.evaluate("(id) => document.getElementById(id).querySelector('[data-root-id]') !== null",
                                    page_id(rel))]

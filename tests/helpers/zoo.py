@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reportgen.build import build
+from reportgen.pipeline import build
 from reportgen.spec import load_spec
 from tests.helpers.tiny import write_imagefolder
 

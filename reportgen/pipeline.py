@@ -90,7 +90,8 @@ def build(spec: Spec, out: Path | None = None, use_cache: bool = True, progress:
     """
     t0 = time.perf_counter()
     out = Path(out) if out else spec.output
-    protected = [spec.spec_file or spec.spec_path, spec.dataset.root] + ([spec.model.checkpoint] if spec.model.checkpoint else [])
+    protected = [spec.spec_file or spec.spec_path] + ([spec.model.checkpoint] if spec.model.checkpoint else [])
+    protected += [spec.dataset.root] if spec.dataset.root else []   # none: an in-memory dataset
     protected += [e.path for e in spec.model.checkpoints or []]   # model.checkpoints: every file
     protected += [f for f in (spec.dataset.labels_file, spec.dataset.concepts) if f]   # devkit or CSV; concepts CSV
     check_output(out, protected)                  # before any work: a refused output fails in a second
