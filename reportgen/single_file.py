@@ -28,6 +28,7 @@ _ATTR = re.compile(r'(src|href)="([^"#:]*)(#[^"]*)?"')
 _ID = re.compile(r'(?<![\w-])id="([^"]+)"')
 _CARD = re.compile(r'<figure class="card">\s*<img[^>]*?src="[^"]*/f\d+_box(\d+)\.png"[^>]*>.*?</figure>\s*', re.S)
 _THUMB = re.compile(r'<img[^>]*?src="[^"]*/f\d+_(?:patch|gb)(\d+)\.png"[^>]*>\s*')
+_EVO_TOPS = re.compile(r'(<div class="evo-tops">)(.*?)(</div>)', re.S)   # a checkpoint's top images
 _SPRITE_ARG = re.compile(r'"url","(?:\.\./)*img/sprite-\{\}\.webp"')
 
 
@@ -42,7 +43,10 @@ def _data_uri(path: Path) -> str:
 
 def _fewer_thumbs(body: str, keep: int) -> str:
     """`body` without the filter pages' top-image cards, patches and guided-backprop maps of rank >= `keep`
-    (their file names carry the rank: fN_boxR, fN_patchR, fN_gbR)."""
+    (their file names carry the rank: fN_boxR, fN_patchR, fN_gbR), and each checkpoint's top images of the
+    evolution strip past the first `keep`."""
+    body = _EVO_TOPS.sub(lambda m: m.group(1) + "".join(re.findall(r"<img[^>]*>", m.group(2))[:keep]) + m.group(3),
+                         body)
     body = _CARD.sub(lambda m: "" if int(m.group(1)) >= keep else m.group(0), body)
     return _THUMB.sub(lambda m: "" if int(m.group(1)) >= keep else m.group(0), body)
 
@@ -66,13 +70,17 @@ def warn_if_large(out: Path, size: int) -> None:
                       "fewer layers/filters or record.top_k, or --max-size", stacklevel=3)
 
 
-def _picture_uri(path: Path, quality: int | None) -> str:
-    """`path` as a data: URI; with `quality`, re-encoded as lossy WebP of that quality (--max-size)."""
-    if quality is None:
+def _picture_uri(path: Path, quality: int | None, scale: float = 1.0) -> str:
+    """`path` as a data: URI; with `quality`, re-encoded as lossy WebP of that quality, `scale` times its size
+    (--max-size; a sprite sheet is drawn at a fixed CSS size, so a smaller sheet only blurs its thumbnails)."""
+    if quality is None and scale == 1:
         return _data_uri(path)
     buf = io.BytesIO()
     with Image.open(path) as img:
-        img.save(buf, "WEBP", quality=quality)
+        if scale != 1:
+            img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
+                             Image.Resampling.LANCZOS)
+        img.save(buf, "WEBP", quality=quality or 90)
     return f"data:image/webp;base64,{base64.b64encode(buf.getvalue()).decode()}"
 
 
@@ -93,7 +101,7 @@ def bundle_bytes(site: Path, rung: Rung = FULL) -> bytes:
     assets: dict[str, str] = {}   # site path -> key; a picture shown on many pages is stored once
     sheets = sorted((site / "img").glob("sprite-*.webp"), key=lambda p: int(p.stem.split("-")[1]))
     sprite_css = ":root{" + ";".join(f"--{p.stem.replace('sprite', 'rg-sprite')}:"
-                                     f"url({_picture_uri(p, rung.quality)})"
+                                     f"url({_picture_uri(p, rung.quality, rung.sprite_scale)})"
                                      for p in sheets) + "}" if sheets else ""
     for rel in pages:
         html = htmls[rel]

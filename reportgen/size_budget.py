@@ -17,23 +17,27 @@ class Rung:
     downloads: bool = True       # raw data files (NPZ) inlined as downloads
     packed: bool = False         # an HTML file's text gzipped, unpacked by the browser as it opens (lossless)
     thumbs: int | None = None    # top images, patches and guided-backprop maps kept per filter (None: all)
+    sprite_scale: float = 1.0    # the explorers' hover thumbnails stored at this share of their resolution
 
     def describe(self) -> str:
         parts = ([] if self.downloads else ["downloads left out (they are in the site)"]) + \
             (["pages packed (gzip, unpacked by the browser)"] if self.packed else [])
         parts += [f"pictures at quality {self.quality}"] if self.quality else []
-        return ", ".join(parts + ([f"the first {self.thumbs} top images and patches of each filter"]
-                                  if self.thumbs else []))
+        parts += [f"the first {self.thumbs} top images and patches of each filter"] if self.thumbs else []
+        return ", ".join(parts + ([f"explorer thumbnails at {self.sprite_scale:.0%} resolution"]
+                                  if self.sprite_scale != 1 else []))
 
 
 FULL = Rung()
 # downloads go first (the site keeps them, they are MBs of raw arrays), then packing (lossless), then picture
-# quality, step by step, then fewer thumbnails (below quality 45, 28 px images blur)
+# quality, step by step, then fewer thumbnails (below quality 45, 28 px images blur), then the explorers' hover
+# thumbnails at half resolution and one top image per filter (the demo with its 4 checkpoints needs that for 5 MB)
 QUALITIES = (85, 65, 45, 30)
 _SMALL = Rung(downloads=False, packed=True)
 LADDER = (FULL, Rung(downloads=False), _SMALL, *(replace(_SMALL, quality=q) for q in QUALITIES[:3]),
           replace(_SMALL, quality=45, thumbs=6), replace(_SMALL, quality=45, thumbs=3),
-          replace(_SMALL, quality=30, thumbs=3))
+          replace(_SMALL, quality=30, thumbs=3), replace(_SMALL, quality=30, thumbs=3, sprite_scale=0.5),
+          replace(_SMALL, quality=30, thumbs=1, sprite_scale=0.5))
 PDF_LADDER = (FULL, *(Rung(q) for q in QUALITIES))   # a PDF has no downloads and nothing to pack
 
 

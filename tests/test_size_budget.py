@@ -74,3 +74,22 @@ def test_the_demo_single_file_fits_in_5_mb_with_its_content():
 def test_max_size_without_single_file_is_refused_before_building(capsys):
     assert main(["build", "no-such-spec.yaml", "--max-size", "5MB"]) == 2
     assert capsys.readouterr().err.strip() == "error: --max-size: sizes the --single-file bundle: add --single-file"
+
+
+@pytest.mark.slow
+def test_the_last_rung_halves_the_sprite_and_keeps_one_top_image_per_checkpoint():
+    import io
+
+    from PIL import Image
+    rung = LADDER[-1]
+    assert rung.sprite_scale == 0.5 and rung.thumbs == 1
+    text = bundle_bytes(DEMO, rung).decode("utf-8")
+    sheet = re.search(r"--rg-sprite-0:url\(data:image/webp;base64,([^)]+)\)", text).group(1)
+    with Image.open(io.BytesIO(base64.b64decode(sheet))) as small, Image.open(DEMO / "img" / "sprite-0.webp") as full:
+        assert small.size == (round(full.width / 2), round(full.height / 2))
+    inner = gzip.decompress(base64.b64decode(re.search(r'id="rg-packed"[^>]*>([^<]*)<', text).group(1))).decode()
+    strips = re.findall(r'<div class="evo-tops">(.*?)</div>', inner, re.S)
+    site_strip = re.search(r'<div class="evo-tops">(.*?)</div>',
+                           (DEMO / "layers" / "block1_conv2" / "f0.html").read_text(encoding="utf-8"), re.S).group(1)
+    assert site_strip.count("<img") > 1          # the site shows several; the reduced file the first only
+    assert strips and all(s.count("<img") == 1 for s in strips)
