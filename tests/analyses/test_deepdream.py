@@ -13,7 +13,7 @@ import torch
 from reportgen.analyses.adversarial import AdversarialExamples
 from reportgen.analyses.deepdream import DeepDream
 from reportgen.analyses.dream import Dream, amplify, channels, dream
-from reportgen.build import build
+from reportgen.pipeline import build
 from reportgen.demo import fashion_cnn
 from reportgen.idx import load_idx_split
 from reportgen.spec import load_spec

@@ -13,7 +13,7 @@ import torch
 from reportgen.analyses.featvis import Optimizer, Parameterization
 from reportgen.analyses.inversion import Inversion, invert
 from reportgen.analyses.texture import Texture
-from reportgen.build import build
+from reportgen.pipeline import build
 from reportgen.demo.fashion_cnn import build as demo_cnn
 from reportgen.idx import load_idx_split
 from reportgen.schema import report_model
