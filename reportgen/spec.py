@@ -387,7 +387,7 @@ class UnitLabelsSpec(_Section):
 
 
 class DeepDreamSpec(_Section):
-    enabled: bool = True
+    enabled: bool = False   # opt-in: optimizations per image, minutes on a large model's CPU build
     images: int = Field(2, ge=1, le=64, description="sample images dreamed at each spec layer (the first ones)")
     octaves: int = Field(3, ge=1, le=8, description="scales dreamed, smallest first (those under 8 px skipped)")
     octave_scale: float = Field(1.4, gt=1, le=4, description="size ratio between consecutive octaves")
@@ -401,7 +401,7 @@ class DeepDreamSpec(_Section):
 
 
 class AdversarialSpec(_Section):
-    enabled: bool = True
+    enabled: bool = False   # opt-in: optimizations per image, minutes on a large model's CPU build
     images: int = Field(4, ge=1, le=64, description="sample images attacked (the first ones)")
     target: str = Field("next", min_length=1, description=(
         "the targeted attack's class: next (each image's second most likely class), least_likely, or a class "
@@ -413,7 +413,7 @@ class AdversarialSpec(_Section):
 
 
 class InversionSpec(_Section):
-    enabled: bool = True
+    enabled: bool = False   # opt-in: optimizations per image, minutes on a large model's CPU build
     images: int = Field(2, ge=1, le=64, description="sample images reconstructed at each spec layer (the first ones)")
     # On the demo 256 steps at 0.02 bring the relative distance from about 1 to 0.03-0.17 at block1_conv2 and
     # 0.3-0.4 at block3_conv1, 1.5 s a layer for 2 images; lr 0.05 or 0.1 stalls higher (Adam on the spectrum).
@@ -553,6 +553,8 @@ def validate_spec(raw: dict, base: Path) -> Spec:
 def _check_texture(spec: Spec) -> None:
     """`texture`'s references to other sections: a spec layer's name, and sample images that exist."""
     t, names = spec.texture, [l.name for l in spec.layers]
+    if not t.enabled:
+        return
     if t.content_layer is not None and t.content_layer not in names:
         raise SpecError("texture.content_layer", f"{t.content_layer!r} is not one of the spec's layers "
                                                  f"({', '.join(names)})")
