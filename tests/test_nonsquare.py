@@ -68,6 +68,10 @@ record: {{top_k: 4}}
 feature_vis: {{steps: 8, classes: [0, 1]}}
 attribution: {{images: 2}}
 concepts: {{k: 4}}   # below block1_conv2's 8 channels, so every section is there
+inversion: {{enabled: true, steps: 4}}   # the opt-in sections too, at 40 × 32
+deepdream: {{enabled: true, steps: 2, filters: 1}}
+adversarial: {{enabled: true, images: 1, steps: 3}}
+texture: {{enabled: true, steps: 4}}
 """
 
 
@@ -108,8 +112,10 @@ def receptive_box(chain, y: int, x: int) -> list[int]:
 def test_every_section_is_there_at_height_40_width_32(site):
     tmp, out, report = site
     assert report["schema_version"] >= 3 and report["model"]["input_size"] == [H, W]
-    # every section but MACO's spectrum, which only feature_vis.param/compare: maco asks for
-    assert [a["name"] for a in report["analyses"] if a["absent"]] == ["amplitude_spectrum"]
+    # every section but MACO's spectrum, which only feature_vis.param/compare: maco asks for, and the evolution
+    # parts, which only model.checkpoints asks for
+    assert [a["name"] for a in report["analyses"] if a["absent"]] == ["amplitude_spectrum", "evolution",
+                                                                      "evolution_layers"]
     shapes = {a["path"]: a["output_shape"] for a in report["model"]["architecture"]}
     assert shapes["features.c2"] == [8, 20, 16] and shapes["features.c3"] == [8, 10, 8]    # (C, H, W)
     assert [l["output_shape"] for l in report["layers"]] == [[8, 20, 16], [8, 10, 8]]
