@@ -3,6 +3,8 @@ exported by nbconvert. The filter and the layer's explorer display with no error
 filter's images and the Bokeh plot's script (offline: everything inlined)."""
 
 import html
+import os
+from pathlib import Path
 
 import pytest
 
@@ -34,9 +36,12 @@ def _html(cell) -> str:
     return "".join(o["data"]["text/html"] for o in cell.outputs if "text/html" in o.get("data", {}))
 
 
-def test_notebook_displays_filter_and_explorer(tmp_path):
+def test_notebook_displays_filter_and_explorer(tmp_path, monkeypatch):
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in CELLS])
-    # the kernel inherits this process's environment (PYTHONPATH of a checkout run), and runs in tmp_path
+    # the kernel inherits this process's environment and runs in tmp_path: the repository on its PYTHONPATH
+    # finds the spec's factory (tests.helpers.tiny), as a user's own module beside their notebook would be
+    repo = str(Path(__file__).resolve().parents[1])
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")])))
     nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
                             resources={"metadata": {"path": str(tmp_path)}}).execute()
     errors = [o for c in nb.cells for o in c.outputs if o["output_type"] == "error"]

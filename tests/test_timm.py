@@ -84,6 +84,10 @@ attribution:
   window: 40
   stride: 40
   sanity_check: false
+inversion: {{enabled: true, images: 1, steps: 2}}
+deepdream: {{enabled: true, images: 1, octaves: 2, steps: 2}}
+adversarial: {{enabled: true, images: 1, steps: 2, tolerance: 0.02}}
+texture: {{enabled: true, steps: 2}}
 """
 
 
@@ -121,7 +125,8 @@ def test_timm_model_builds_with_its_data_config(tmp_path):
     for f in conv_dw["filters"]:
         assert f["top_images"] and f["feature_vis"]["image"] and f["guided_backprop"]
     absent = [a["name"] for a in report["analyses"] if a["absent"]]
-    assert absent == ["amplitude_spectrum"], absent          # MACO's spectrum: only param/compare maco asks for it
+    # MACO's spectrum: only param/compare maco asks for it; the evolution parts: only model.checkpoints
+    assert absent == ["amplitude_spectrum", "evolution", "evolution_layers"], absent
     assert not any(line.startswith("warning") for line in lines), lines
 
 

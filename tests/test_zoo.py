@@ -32,6 +32,8 @@ def test_zoo_model_builds_with_every_section(tmp_path, name, layer, size):
     expected = {"overview_explorer": "the model has no final Linear layer whose input features to show"} \
         if name == "squeezenet1_0" else {}
     expected["amplitude_spectrum"] = "only MACO needs it: feature_vis.param is not maco and feature_vis.compare lists no maco"
+    no_checkpoints = "the spec names no model.checkpoints (give 2 or more checkpoints of the model to compare them)"
+    expected |= {"evolution": no_checkpoints, "evolution_layers": no_checkpoints}
     classes, outputs = len(report["dataset"]["classes"]), report["model"]["num_classes"]
     if outputs != classes:   # an ImageNet or CIFAR head over the zoo's few folders: no accuracy, said why
         expected["accuracy"] = f"the model's {outputs} outputs are not the dataset's {classes} classes: no accuracy to state"

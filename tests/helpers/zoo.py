@@ -80,6 +80,11 @@ feature_vis:
 attribution:
   images: 1
   sanity_check: false
+# the opt-in sections too: every family through inversion, DeepDream, PGD and Gram matrices
+inversion: {{enabled: true, images: 1, steps: 2}}
+deepdream: {{enabled: true, images: 1, octaves: 2, steps: 2, filters: 1}}
+adversarial: {{enabled: true, images: 1, steps: 2, tolerance: 0.02}}
+texture: {{enabled: true, steps: 2}}
 """
 
 
