@@ -37,7 +37,7 @@ from .data import Dataset
 from .distributed import SINGLE, Group, PeerLost
 from .errors import ReportgenError
 from .layers import Layer, LayerInfo
-from .models import LoadedModel
+from .models import LoadedModel, standardize
 from .spec import Spec
 from .timing import Timer, Work
 
@@ -67,10 +67,13 @@ class Context:
     timer: Timer = field(default_factory=Timer)   # where the build's time goes (timing.py)
     outcomes: dict = field(default_factory=dict)   # analysis name → Outcome, once `check_analyses` ran
 
+    def pixels(self, indices) -> torch.Tensor:
+        """Dataset images by index → (B, C, H, W) float in [0, 1] on the build's device (the model's pixel space)."""
+        return torch.from_numpy(np.stack([self.dataset.image(int(i)) for i in indices])).to(self.device).float() / 255
+
     def batch(self, indices) -> torch.Tensor:
         """Dataset images by index → the normalized (B, C, H, W) float batch on the build's device."""
-        images = torch.from_numpy(np.stack([self.dataset.image(int(i)) for i in indices]))
-        return self.model.normalize(images.to(self.device))
+        return standardize(self.pixels(indices), self.model.mean, self.model.std)
 
     def key(self, *parts) -> str:
         """Cache key of a result that depends on the model, the images used and `parts`."""

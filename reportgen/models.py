@@ -48,9 +48,14 @@ class LoadedModel:
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, C, H, W) → the float input the model expects, on the images' device."""
-        mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
-        return (images.float() / 255 - mean) / std
+        return standardize(images.float() / 255, self.mean, self.std)
+
+
+def standardize(x01: torch.Tensor, mean, std) -> torch.Tensor:
+    """(B, C, H, W) pixels in [0, 1] → the model's input: (x − mean) / std per channel, on x's device and dtype."""
+    m = torch.tensor(mean, device=x01.device, dtype=x01.dtype).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=x01.device, dtype=x01.dtype).view(1, -1, 1, 1)
+    return (x01 - m) / s
 
 
 def as_hw(size: int | Sequence[int]) -> tuple[int, int]:

@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 from .render.site import SiteWriter
-from .single_file import _ATTR, _MAIN, _SCRIPTS, _data_uri, _sprite_var
+from .single_file import ATTR, MAIN, data_uri, inline_scripts, sprite_css, sprite_var
 
 _SCRIPT_SRC = re.compile(r'<script src="([^"]+)"></script>')
 # grows the frame to its page once loaded (srcdoc frames share the notebook's origin); 600 px until then
@@ -33,17 +33,14 @@ def page_document(site: Path, rel: str) -> str:
         full = posixpath.normpath(posixpath.join(base, target))
         if target.endswith(".html"):
             return "" if attr == "href" else m.group(0)   # no site around the frame: the link stays as text
-        return f'{attr}="{_data_uri(site / full)}"' if (site / full).is_file() else m.group(0)
-    body = _ATTR.sub(inline, _sprite_var(_MAIN.search(page).group(1)))
+        return f'{attr}="{data_uri(site / full)}"' if (site / full).is_file() else m.group(0)
+    body = ATTR.sub(inline, sprite_var(MAIN.search(page).group(1)))
     head = page.split("<main>", 1)[0]
     # BokehJS (linked in the head by pages with plots); the header's search and jump scripts need the whole site
     libs = [(site / posixpath.normpath(posixpath.join(base, src))).read_text(encoding="utf-8")
             for src in _SCRIPT_SRC.findall(head)]
-    after = page.split("</main>", 1)[1]
-    scripts = [_sprite_var(s) for s in _SCRIPTS.findall(after) if "src=" not in s.split(">", 1)[0]]
-    sheets = sorted((site / "img").glob("sprite-*.webp"), key=lambda p: int(p.stem.split("-")[1]))
-    sprites = ":root{" + ";".join(f"--{p.stem.replace('sprite', 'rg-sprite')}:url({_data_uri(p)})"
-                                  for p in sheets) + "}" if sheets and "rg-sprite" in body + "".join(scripts) else ""
+    scripts = inline_scripts(page)
+    sprites = sprite_css(site, data_uri) if "rg-sprite" in body + "".join(scripts) else ""
     css = (site / "static" / "style.css").read_text(encoding="utf-8")
     title = re.search(r"<title>(.*?)</title>", page, re.S).group(1)
     return ('<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'

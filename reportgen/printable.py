@@ -18,10 +18,9 @@ from PIL import Image
 from .errors import SpecError
 from .render.scatter import scatter_png
 from .render.site import TEMPLATES
+from .single_file import MAIN, SCRIPTS
 
 DEFAULT_PER_LAYER = 2   # filters per layer when --filters is not given: a glimpse of each, a few pages long
-_MAIN = re.compile(r"<main>(.*?)</main>", re.S)
-_SCRIPT = re.compile(r"<script\b[^>]*>.*?</script>", re.S)
 _ATTR = re.compile(r'(src|href)="([^"#:]+)(#[^"]*)?"')
 _ROOT_DIV = re.compile(r'<div id="rg-([\w.-]+?)-\d+" data-root-id="[^"]*"[^>]*></div>')
 
@@ -124,8 +123,8 @@ def document(site: Path, selection: dict[str, list[int]], pictures: Path,
 
     parts, found = [], []
     for rel in sections(report, selection):
-        body = _MAIN.search((site / rel).read_text(encoding="utf-8")).group(1)
-        body = _ROOT_DIV.sub(picture, _SCRIPT.sub("", body))
+        body = MAIN.search((site / rel).read_text(encoding="utf-8")).group(1)
+        body = _ROOT_DIV.sub(picture, SCRIPTS.sub("", body))
         base = (site / rel).parent
 
         def rewrite(m, base=base):

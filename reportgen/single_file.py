@@ -22,9 +22,9 @@ from .size_budget import FULL, Rung
 
 WARN_BYTES = 50 * 1024 * 1024
 _PIXEL = "data:image/gif;base64,R0lGODlhAQABAAAAACH5BAEKAAEALAAAAAABAAEAAAICTAEAOw=="
-_MAIN = re.compile(r"<main>(.*?)</main>", re.S)
-_SCRIPTS = re.compile(r"<script\b[^>]*>.*?</script>", re.S)
-_ATTR = re.compile(r'(src|href)="([^"#:]*)(#[^"]*)?"')
+MAIN = re.compile(r"<main>(.*?)</main>", re.S)
+SCRIPTS = re.compile(r"<script\b[^>]*>.*?</script>", re.S)
+ATTR = re.compile(r'(src|href)="([^"#:]*)(#[^"]*)?"')
 _ID = re.compile(r'(?<![\w-])id="([^"]+)"')
 _CARD = re.compile(r'<figure class="card">\s*<img[^>]*?src="[^"]*/f\d+_box(\d+)\.png"[^>]*>.*?</figure>\s*', re.S)
 _THUMB = re.compile(r'<img[^>]*?src="[^"]*/f\d+_(?:patch|gb)(\d+)\.png"[^>]*>\s*')
@@ -36,7 +36,7 @@ def page_id(rel: str) -> str:
     return "p-" + re.sub(r"[^A-Za-z0-9_-]", "-", rel.removesuffix(".html"))
 
 
-def _data_uri(path: Path) -> str:
+def data_uri(path: Path) -> str:
     mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"
 
@@ -51,7 +51,21 @@ def _fewer_thumbs(body: str, keep: int) -> str:
     return _THUMB.sub(lambda m: "" if int(m.group(1)) >= keep else m.group(0), body)
 
 
-def _sprite_var(text: str) -> str:
+def sprite_css(site: Path, uri) -> str:
+    """The CSS variables --rg-sprite-0, ... holding the site's sprite sheets as `uri(path)` gives them ("": none)."""
+    sheets = sorted((site / "img").glob("sprite-*.webp"), key=lambda p: int(p.stem.split("-")[1]))
+    return ":root{" + ";".join(f"--{p.stem.replace('sprite', 'rg-sprite')}:url({uri(p)})"
+                               for p in sheets) + "}" if sheets else ""
+
+
+def inline_scripts(page: str) -> list[str]:
+    """The page's own scripts after its <main> (the explorers' plots; not linked libraries), pointed at the
+    sprite variables."""
+    after = page.split("</main>", 1)[1] if "</main>" in page else ""
+    return [sprite_var(s) for s in SCRIPTS.findall(after) if "src=" not in s.split(">", 1)[0]]
+
+
+def sprite_var(text: str) -> str:
     """Point the explorers' thumbnails at the CSS variables holding the sprite sheets ("{}": the sheet number)."""
     return _SPRITE_ARG.sub('"url","var(--rg-sprite-{})"', text)
 
@@ -74,7 +88,7 @@ def _picture_uri(path: Path, quality: int | None, scale: float = 1.0) -> str:
     """`path` as a data: URI; with `quality`, re-encoded as lossy WebP of that quality, `scale` times its size
     (--max-size; a sprite sheet is drawn at a fixed CSS size, so a smaller sheet only blurs its thumbnails)."""
     if quality is None and scale == 1:
-        return _data_uri(path)
+        return data_uri(path)
     buf = io.BytesIO()
     with Image.open(path) as img:
         if scale != 1:
@@ -95,21 +109,18 @@ def bundle_bytes(site: Path, rung: Rung = FULL) -> bytes:
     htmls = {rel: (site / rel).read_text(encoding="utf-8") for rel in pages}
     seen: dict[str, int] = {}
     for html in htmls.values():
-        for i in set(_ID.findall(_MAIN.search(html).group(1))):
+        for i in set(_ID.findall(MAIN.search(html).group(1))):
             seen[i] = seen.get(i, 0) + 1
     shared = {i for i, n in seen.items() if n > 1}   # e.g. section headings: made unique per page
     assets: dict[str, str] = {}   # site path -> key; a picture shown on many pages is stored once
-    sheets = sorted((site / "img").glob("sprite-*.webp"), key=lambda p: int(p.stem.split("-")[1]))
-    sprite_css = ":root{" + ";".join(f"--{p.stem.replace('sprite', 'rg-sprite')}:"
-                                     f"url({_picture_uri(p, rung.quality, rung.sprite_scale)})"
-                                     for p in sheets) + "}" if sheets else ""
+    sprites = sprite_css(site, lambda p: _picture_uri(p, rung.quality, rung.sprite_scale))
     for rel in pages:
         html = htmls[rel]
         base = posixpath.dirname(rel)
         for tag in re.findall(r'<script src="([^"]+)"></script>', html):   # shared libraries (BokehJS), once
             target = posixpath.normpath(posixpath.join(base, tag))
             head_scripts.setdefault(target, (site / target).read_text(encoding="utf-8"))
-        body = _MAIN.search(html).group(1)
+        body = MAIN.search(html).group(1)
         pid = page_id(rel)
 
         def unique(m, attr, pid=pid):
@@ -118,7 +129,7 @@ def bundle_bytes(site: Path, rung: Rung = FULL) -> bytes:
         body = re.sub(r'aria-labelledby="([^"]+)"', lambda m: unique(m, "aria-labelledby"), body)
         body = re.sub(r'href="#([^"]+)"', lambda m, pid=pid: f'href="#{pid}-{m.group(1)}"'
                       if m.group(1) in shared else m.group(0), body)
-        body = _sprite_var(body)
+        body = sprite_var(body)
 
         def rewrite(m, base=base):
             attr, target = m.group(1), m.group(2)
@@ -132,12 +143,10 @@ def bundle_bytes(site: Path, rung: Rung = FULL) -> bytes:
             if (site / full).is_file():
                 if attr == "href" and not rung.downloads:   # a raw-data download: left to the site
                     return ""
-                return f'{attr}="{_data_uri(site / full)}"'
+                return f'{attr}="{data_uri(site / full)}"'
             return m.group(0)
-        body = _ATTR.sub(rewrite, _fewer_thumbs(body, rung.thumbs) if rung.thumbs else body)
-        inline = [s for s in _SCRIPTS.findall(html.split("</main>", 1)[1] if "</main>" in html else "")
-                  if "src=" not in s.split(">", 1)[0]]
-        page_scripts += [_sprite_var(s) for s in inline]
+        body = ATTR.sub(rewrite, _fewer_thumbs(body, rung.thumbs) if rung.thumbs else body)
+        page_scripts += inline_scripts(html)
         title = re.search(r"<title>(.*?)</title>", html, re.S).group(1)
         sections.append(f'<section class="page" id="{pid}" data-title="{title}">{body}</section>')
     index = (site / "index.html").read_text(encoding="utf-8")
@@ -156,11 +165,11 @@ def bundle_bytes(site: Path, rung: Rung = FULL) -> bytes:
               "window.addEventListener('hashchange',show);show();document.documentElement.dataset.rgReady='1';"
               "</script>")
     nav = re.search(r'<header class="site-header">.*?</header>', index, re.S).group(0)
-    nav = _ATTR.sub(lambda m: f'href="#{page_id(posixpath.normpath(m.group(2)))}"' if m.group(2).endswith(".html")
+    nav = ATTR.sub(lambda m: f'href="#{page_id(posixpath.normpath(m.group(2)))}"' if m.group(2).endswith(".html")
                     else m.group(0), nav)
     head = (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">\n<title>{title}</title>\n'
-            f"<style>{css}{sprite_css}</style>\n")
+            f"<style>{css}{sprites}</style>\n")
     note = "" if rung == FULL else f'<p class="reduced">Reduced to fit: {rung.describe()}; the site has it all.</p>\n'
     pages_html = f"{nav}\n<main>\n{note}" + "\n".join(sections) + "\n</main>\n"
     scripts = loader + "\n".join(page_scripts) + router   # run once the pages are in place

@@ -17,8 +17,8 @@ from ..report import class_name, rounded
 from ..render import images as im
 from ..timing import Work
 from . import attribution as at
-from .deepdream import pixels, to_png
-from .dream import normalize
+from ..models import standardize
+from .deepdream import to_png
 from .pgd import STEP_FACTOR, join, logits_of, pgd, smallest_budget, targeted, untargeted
 
 # `adversarial.target` → probabilities (B, K) → the targeted attack's class per image (a class name: that class)
@@ -107,7 +107,7 @@ class AdversarialExamples(Analysis):
     def compute(self, ctx, layer):
         s, m, model = ctx.spec.adversarial, ctx.model, ctx.model.module
         idx = self._images(ctx)
-        x = pixels(ctx, idx)                                                  # (B, C, H, W) in [0, 1]
+        x = ctx.pixels(idx)                                                  # (B, C, H, W) in [0, 1]
         probs = logits_of(model, x, m.mean, m.std).softmax(1).cpu()
         pred = probs.argmax(1)
         goals = {"untargeted": untargeted(pred), "targeted": targeted(target_rule(s.target, m.classes)(probs))}
@@ -137,7 +137,7 @@ class AdversarialExamples(Analysis):
 
     def _saliency(self, ctx, x01) -> np.ndarray:
         """(B, H, W) saliency of each image's own top class."""
-        x = normalize(x01, ctx.model.mean, ctx.model.std)
+        x = standardize(x01, ctx.model.mean, ctx.model.std)
         return at.saliency(ctx.model.module, x, logits_of(ctx.model.module, x01, ctx.model.mean,
                                                           ctx.model.std).argmax(1))
 

@@ -13,18 +13,14 @@ from ..analysis import Analysis
 from ..hooks import stopping_at
 from ..report import rounded
 from ..timing import Work
-from .dream import Dream, activation_norm, amplify, channels, dream, normalize
+from ..models import standardize
+from .dream import Dream, activation_norm, amplify, channels, dream
 
 
 def dream_images(ctx) -> np.ndarray:
     """The first `deepdream.images` sample images the dataset pass could read (dataset indices)."""
     readable = [int(i) for i in ctx.samples if int(i) in ctx.evidence.sample_probs]
     return np.array(readable[:ctx.spec.deepdream.images], np.int64)
-
-
-def pixels(ctx, indices) -> torch.Tensor:
-    """Dataset images → (B, C, H, W) float in [0, 1] on the build's device (the model's pixel space)."""
-    return torch.from_numpy(np.stack([ctx.dataset.image(int(i)) for i in indices])).to(ctx.device).float() / 255
 
 
 def to_png(x01: np.ndarray) -> np.ndarray:
@@ -93,7 +89,7 @@ class DeepDream(Analysis):
         per_run = len(settings.sizes(m.input_size)) * settings.steps
         with tqdm(total=per_run * (1 + bool(units)), unit="step", desc=f"deepdream {layer.name}", leave=False,
                   disable=not (ctx.progress and ctx.group.is_main)) as bar:
-            x = pixels(ctx, idx)                                                      # (B, C, H, W)
+            x = ctx.pixels(idx)                                                      # (B, C, H, W)
             dreamed = dream(model, layer.path, x, amplify, m.mean, m.std, settings, bar.update)
             out = {"index": idx, "dreamed": dreamed.cpu().numpy().astype(np.float32),
                    "norm_before": activation_norm(model, layer.path, x, m.mean, m.std).cpu().numpy(),
@@ -111,7 +107,7 @@ class DeepDream(Analysis):
 
     def _channel_means(self, ctx, layer, x01, units) -> np.ndarray:
         with stopping_at(ctx.model.module, layer.path) as run, torch.no_grad():
-            return channels(units)(run(normalize(x01, ctx.model.mean, ctx.model.std))).cpu().numpy()
+            return channels(units)(run(standardize(x01, ctx.model.mean, ctx.model.std))).cpu().numpy()
 
     def report(self, ctx, artifacts, out):
         s = ctx.spec.deepdream

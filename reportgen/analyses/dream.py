@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..hooks import stopping_at
+from ..models import standardize
 
 Objective = Callable[[torch.Tensor], torch.Tensor]    # layer output (B, C, ...) -> (B,)
 MIN_SIDE = 8            # px: octaves smaller than this are skipped (deep layers would shrink to nothing)
@@ -39,13 +40,7 @@ def channels(units: torch.Tensor) -> Objective:
 def activation_norm(model: nn.Module, layer: str, x01: torch.Tensor, mean, std) -> torch.Tensor:
     """(B,) L2 norm of `layer`'s output per image of `x01` (B, C, H, W) in [0, 1]."""
     with stopping_at(model, layer) as run, torch.no_grad():
-        return run(normalize(x01, mean, std)).float().flatten(1).norm(dim=1)
-
-
-def normalize(x01: torch.Tensor, mean, std) -> torch.Tensor:
-    m = torch.tensor(mean, device=x01.device, dtype=x01.dtype).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=x01.device, dtype=x01.dtype).view(1, -1, 1, 1)
-    return (x01 - m) / s
+        return run(standardize(x01, mean, std)).float().flatten(1).norm(dim=1)
 
 
 @dataclass(frozen=True)
@@ -94,6 +89,6 @@ def _ascent_step(model, layer, x, objective, mean, std, lr) -> torch.Tensor:
     """One step up the objective's gradient, normalized to mean |g| = 1 per image; clipped to [0, 1]."""
     leaf = x.detach().requires_grad_(True)
     with stopping_at(model, layer) as run, torch.enable_grad():
-        (grad,) = torch.autograd.grad(objective(run(normalize(leaf, mean, std))).sum(), leaf)
+        (grad,) = torch.autograd.grad(objective(run(standardize(leaf, mean, std))).sum(), leaf)
     scale = grad.abs().flatten(1).mean(1).clamp_min(1e-12).view(-1, 1, 1, 1)
     return (x.detach() + lr * grad / scale).clamp(0, 1)

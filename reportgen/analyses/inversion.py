@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from ..analysis import Analysis
 from ..hooks import run_until
+from ..models import standardize
 from ..report import rounded
 from ..schema import ImageRef
 from ..timing import Work
@@ -34,9 +35,7 @@ def invert(model, layer: str, x0: torch.Tensor, param: Parameterization, optimiz
     with frozen(model), torch.no_grad():
         target = run_until(model, layer, x0).float()
         start = initial_pixels(param, range(len(x0)), optimizer.seed, device)          # (N, C, H, W) in [0, 1]
-        mean = torch.tensor(param.mean, device=device).view(1, -1, 1, 1)
-        std = torch.tensor(param.std, device=device).view(1, -1, 1, 1)
-        start_distance = relative_distance(run_until(model, layer, (start - mean) / std), target)
+        start_distance = relative_distance(run_until(model, layer, standardize(start, param.mean, param.std)), target)
     res = synthesize(model, Objective(layer, range(len(x0)), MATCH, targets=target.cpu()), param, RandomAffine(),
                      optimizer, device=device, progress=progress)
     return {"pixels": res.images, "start": start_distance.cpu().numpy().astype(np.float64),

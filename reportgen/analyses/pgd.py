@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .dream import normalize
+from ..models import standardize
 
 STEP_FACTOR = 2.5       # PGD's step is 2.5 ε / steps: enough to cross the ball and come back (Madry et al.)
 
@@ -62,14 +62,14 @@ def pgd(model: nn.Module, x01: torch.Tensor, goal: Goal, budget: torch.Tensor, s
     for _ in range(steps):
         leaf = x.requires_grad_(True)
         with torch.enable_grad():
-            (grad,) = torch.autograd.grad(goal.loss(model(normalize(leaf, mean, std))).sum(), leaf)
+            (grad,) = torch.autograd.grad(goal.loss(model(standardize(leaf, mean, std))).sum(), leaf)
         x = torch.minimum(torch.maximum(x.detach() + alpha * grad.sign(), clean - eps), clean + eps).clamp(0, 1)
     return x
 
 
 def logits_of(model: nn.Module, x01: torch.Tensor, mean, std) -> torch.Tensor:
     with torch.no_grad():
-        return model(normalize(x01, mean, std)).float()
+        return model(standardize(x01, mean, std)).float()
 
 
 def smallest_budget(model: nn.Module, x01: torch.Tensor, goal: Goal, steps: int, max_budget: float,

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from tqdm import tqdm
 
 from ..analysis import Analysis
+from ..models import standardize
 from ..report import rounded
 from ..schema import ImageRef
 from ..timing import Work
@@ -33,18 +34,16 @@ def match_statistics(model, parts: list[Part], weights: list[float], sources: li
                      device: str = "cpu", progress=None) -> dict:
     """One image whose parts' values match those of the (1, C, H, W) normalized `sources` (one per part) →
     {"pixels": (H, W, C) uint8, "start": (parts,) and "final": (parts,) relative distance of each part}."""
-    mean = torch.tensor(param.mean, device=device).view(1, -1, 1, 1)
-    std = torch.tensor(param.std, device=device).view(1, -1, 1, 1)
     with frozen(model), statistics_model(model, parts) as raw, torch.no_grad():
         targets = [raw.split(src)[i][0] for i, src in enumerate(sources)]          # each part from its source
-        start = raw.split((initial_pixels(param, [0], optimizer.seed, device) - mean) / std)
+        start = raw.split(standardize(initial_pixels(param, [0], optimizer.seed, device), param.mean, param.std))
     parts = scaled(parts, targets, weights)
     target = torch.cat([t.flatten() * p.scale for p, t in zip(parts, targets)])[None]   # (1, D)
     with statistics_model(model, parts) as stats:
         res = synthesize(stats, Objective(None, [0], MATCH, targets=target.cpu()), param, RandomAffine(), optimizer,
                          device=device, progress=progress)
         with frozen(model), torch.no_grad():
-            final = raw_split(stats, torch.from_numpy(res.images).to(device), mean, std)
+            final = raw_split(stats, torch.from_numpy(res.images).to(device), param.mean, param.std)
     return {"pixels": res.images[0],
             "start": np.array([float(relative_distance(s, t[None])) for s, t in zip(start, targets)]),
             "final": np.array([float(relative_distance(f, t[None])) for f, t in zip(final, targets)])}
@@ -52,8 +51,7 @@ def match_statistics(model, parts: list[Part], weights: list[float], sources: li
 
 def raw_split(stats, pixels: torch.Tensor, mean, std) -> list[torch.Tensor]:
     """Each part's unscaled values on (N, H, W, C) uint8 `pixels`, as the page shows them."""
-    x = pixels.permute(0, 3, 1, 2).float() / 255
-    return stats.split((x - mean) / std)
+    return stats.split(standardize(pixels.permute(0, 3, 1, 2).float() / 255, mean, std))
 
 
 class Distance(BaseModel):

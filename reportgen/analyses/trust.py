@@ -37,6 +37,7 @@ from pydantic import BaseModel
 from torch import nn
 
 from ..analysis import Analysis
+from ..models import standardize
 from ..errors import ModelError
 from ..graph import find_conv
 from ..graph.fold import effective_weights
@@ -170,9 +171,7 @@ def pictures_input(images: np.ndarray, size: tuple[int, int] | None, mean, std, 
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().to(device) / 255
     if size is not None and tuple(x.shape[-2:]) != tuple(size):
         x = F.interpolate(x, size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
-    mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
-    std = torch.tensor(std, device=device).view(1, -1, 1, 1)
-    return (x - mean) / std
+    return standardize(x, mean, std)
 
 
 # ---- the analysis ----
